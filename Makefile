@@ -1,0 +1,44 @@
+# faceanon: `make demo` sets up and runs the main job; `make test` sets up and runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test export-check nbtest pytest readme clean-nbs lab
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/faceanon demo
+
+test: setup export-check nbtest pytest
+
+# the library must be exactly what the notebooks export, and README.md what index.ipynb renders
+export-check: setup
+	$(BIN)/nbdev-export
+	$(BIN)/python tools/render_readme.py --check
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  changed="$$(git status --porcelain -- faceanon)"; \
+	  if [ -n "$$changed" ]; then echo "nbdev-export changed faceanon/ (edit the notebooks, then export and commit):"; echo "$$changed"; exit 1; fi; \
+	fi
+
+nbtest: setup
+	$(BIN)/nbdev-test --n-workers 2 --timing
+
+pytest: setup
+	$(BIN)/pytest -q --durations=10
+
+readme: setup
+	$(BIN)/python tools/render_readme.py
+
+clean-nbs: setup
+	$(BIN)/nbdev-clean
+
+lab: setup
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1
