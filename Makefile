@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test export-check nbtest pytest readme clean-nbs lab
+.PHONY: setup demo test photos export-check nbtest pytest readme clean-nbs lab
 
 setup: $(STAMP)
 
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/faceanon demo
 
-test: setup export-check nbtest pytest
+test: setup photos export-check nbtest pytest
+
+# real group photos from the npm registry into the user's cache (never committed); tests that need them skip without
+photos: setup
+	-$(BIN)/python -c "from faceanon.data.photos import fetch_face_api_samples as f; print(len(f()), 'face-api sample photos ready')"
 
 # the library must be exactly what the notebooks export, and README.md what index.ipynb renders
 export-check: setup
