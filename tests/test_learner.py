@@ -1,0 +1,131 @@
+"Tests of faceanon.learner: phases freeze the other nets, training moves, exact resume, safetensors checkpoints, torchrun on 2 CPU processes."
+import math, os, socket, subprocess, sys
+from functools import partial
+from pathlib import Path
+import pytest
+import torch
+import fastcore.test as fct
+sys.path.insert(0, str(Path(__file__).parent))
+from learner_ddp_job import make, main, Points
+from faceanon.learner import (Callback, CancelFitException, CheckpointCB, EMACB, Learner, MetricsCB, Phase, SamplesCB,
+                              SingleBatchCB, load_checkpoint, save_checkpoint)
+
+REPO = Path(__file__).parents[1]
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    "Tiny nets on a shared 2-core machine: one thread is faster and steadier."
+    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+
+class Watch(Callback):
+    "Record which nets changed and which got gradients in each phase."
+    def __init__(self): self.changed, self.grads = {}, {}
+    def before_step(self, l): self.before = {n: [p.detach().clone() for p in m.parameters()] for n, m in l.models.items()}
+    def after_step(self, l):
+        self.changed[l.phase.name] = sorted(n for n, ps in self.before.items() if any(not torch.equal(a, b) for a, b in zip(ps, l.models[n].parameters())))
+        self.grads[l.phase.name] = sorted(n for n, m in l.models.items() if any(p.grad is not None for p in m.parameters()))
+
+def test_each_phase_updates_only_its_nets():
+    w = Watch(); learn = make(cbs=[w]); learn.fit(max_steps=1)
+    fct.test_eq(w.changed, {'D': ['D'], 'G': ['G']})
+    fct.test_eq(w.grads['D'], ['D'])                       # G(z) in D's phase built no graph into G
+    assert all(p.requires_grad for p in learn.models.parameters())
+
+def test_gan_losses_finite_and_recon_falls():
+    mets = MetricsCB(every=5); learn = make(cbs=[mets]); learn.fit(max_steps=60)
+    fct.test_eq(len(mets.history), 12)
+    assert all(math.isfinite(v) for r in mets.history for v in r.values())
+    _, recon = mets.series('G/recon')
+    assert recon[-1] < recon[0] / 2, recon
+
+def test_single_batch_and_every():
+    runs = []
+    count = lambda l: (runs.append(l.iter), l.A.weight.sum())[1]
+    mk = lambda: Learner(dict(A=torch.nn.Linear(4, 4)), [Phase('A', 'A', partial(torch.optim.SGD, lr=0.0), count, every=3)], Points(), bs=8, device='cpu')
+    learn = mk(); learn.fit(n_epochs=5, cbs=[SingleBatchCB()])
+    fct.test_eq((learn.global_step, runs), (1, [0]))
+    runs.clear(); mk().fit(max_steps=10); fct.test_eq(runs, [0, 3, 6, 9])
+
+def test_cancel_fit_and_absolute_schedule():
+    class StopAt(Callback):
+        def after_batch(self, l):
+            if l.global_step == 4: raise CancelFitException()
+    learn = make(); learn.fit(n_epochs=3, cbs=[StopAt()]); fct.test_eq(learn.global_step, 4)
+    learn.fit(n_epochs=3); fct.test_eq((learn.epoch, learn.global_step), (3, 18))    # 48 items / 8 = 6 steps per epoch
+
+def test_phase_declaration_errors():
+    G, D = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    sgd = partial(torch.optim.SGD, lr=0.1)
+    fct.test_fail(lambda: Learner(dict(G=G), [Phase('D', 'D', sgd, None)], Points(), device='cpu'), contains="updates ['D']")
+    fct.test_fail(lambda: Learner(dict(G=G, D=D), [Phase('G', 'G', torch.optim.SGD(D.parameters(), lr=0.1), None)], Points(), device='cpu'),
+                  contains='outside its modules')
+    fct.test_fail(lambda: Learner(dict(G=G), [Phase('G', 'G', sgd, None), Phase('G', 'G', sgd, None)], Points(), device='cpu'), contains='unique')
+    fct.test_fail(lambda: Phase('G', 'G', sgd, None, every=0), contains='every must be >= 1')
+
+def test_bf16_autocast_on_cpu():
+    seen = []
+    def loss(l): seen.append(l.G(l.batch['z'], l.batch['y']).dtype); return l.G(l.batch['z'], l.batch['y']).float().pow(2).mean()
+    learn = Learner(dict(G=make().G), [Phase('G', 'G', partial(torch.optim.Adam, lr=1e-2), loss)], Points(), bs=8, device='cpu', precision='bf16')
+    learn.fit(max_steps=20)
+    fct.test_eq(seen[0], torch.bfloat16); fct.test_eq(learn.G.net[0].weight.dtype, torch.float32)
+    assert math.isfinite(learn.logs['G']['loss'])
+
+class Crash(Callback):
+    def before_batch(self, l):
+        if l.global_step == 11: raise RuntimeError('power cut')
+
+def noisy_sample(l): return torch.rand(2, 3, 4, 4) * 2 - 1          # draws from torch's RNG: must not disturb training
+
+def test_resume_is_bit_identical(tmp_path):
+    "Crash at step 11 of 16 (checkpoints every 4, mid-epoch), resume into fresh nets: identical to an uninterrupted run."
+    ck = tmp_path / 'run.safetensors'
+    full = make(cbs=[EMACB('G', 0.9), MetricsCB(every=3), SamplesCB(noisy_sample, every=2)]).fit(max_steps=16)
+    after_full = torch.randn(3)
+    fct.test_fail(lambda: make(cbs=[EMACB('G', 0.9), MetricsCB(every=3), CheckpointCB(ck, every=4), Crash()]).fit(max_steps=16), contains='power cut')
+    fct.test_eq(load_checkpoint(ck)['counters'], dict(epoch=1, epoch_step=2, global_step=8, seed=0, world=1))
+    resumed = make(seed=99, cbs=[EMACB('G', 0.9), MetricsCB(every=3), CheckpointCB(ck, every=4, resume=True)])
+    assert not torch.equal(resumed.G.net[0].weight, full.G.net[0].weight)
+    resumed.fit(max_steps=16)
+    fct.test_eq(torch.randn(3), after_full)                                  # RNG stream continues identically
+    for k, v in full.models.state_dict().items(): fct.test_eq(resumed.models.state_dict()[k], v)
+    for a, b in zip(full.phases, resumed.phases):
+        for s, t in zip(a.opt.state_dict()['state'].values(), b.opt.state_dict()['state'].values()): fct.test_eq(s['exp_avg_sq'], t['exp_avg_sq'])
+    fct.test_eq(resumed.cbs[1].history, full.cbs[1].history)
+    fct.test_eq((resumed.epoch, resumed.epoch_step, resumed.global_step), (2, 4, 16))
+
+def test_checkpoint_format_and_atomicity(tmp_path, monkeypatch):
+    learn = make(); learn.fit(max_steps=2); p = learn.save(tmp_path / 'a.safetensors')
+    from safetensors import safe_open
+    with safe_open(str(p), 'pt') as f: assert 'faceanon' in f.metadata() and '/models/G/net.0.weight' in f.keys()
+    before = p.read_bytes()
+    import faceanon.learner as L
+    def broken(*a, **k): raise OSError('disk full')
+    monkeypatch.setattr('safetensors.torch.save', broken)
+    fct.test_fail(lambda: learn.save(p), contains='disk full')
+    fct.test_eq(p.read_bytes(), before); fct.test_eq(sorted(os.listdir(tmp_path)), ['a.safetensors'])
+    monkeypatch.undo()
+    save_checkpoint(dict(format='other'), tmp_path / 'b.safetensors')
+    fct.test_fail(lambda: make().load(tmp_path / 'b.safetensors'), contains='expected a faceanon.learner/1 checkpoint')
+    from safetensors.torch import save_file
+    save_file({'w': torch.zeros(1)}, str(tmp_path / 'c.safetensors'))
+    fct.test_fail(lambda: load_checkpoint(tmp_path / 'c.safetensors'), contains='not a faceanon checkpoint')
+
+def _free_port() -> int:
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def test_torchrun_two_cpu_processes_match_one(tmp_path):
+    "Global batch 8: one process vs two gloo processes of 4 each give the same nets after 6 steps of both phases."
+    one, two = tmp_path / 'one.safetensors', tmp_path / 'two.safetensors'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
+    cmd = [str(REPO / '.venv/bin/torchrun'), '--nproc_per_node', '2', '--nnodes', '1', '--master_addr', '127.0.0.1',
+           '--master_port', str(_free_port()), str(Path(__file__).parent / 'learner_ddp_job.py'), str(two), '6']
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    main(one, 6)                                                              # the single-process run, meanwhile, in this process
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    a, b = load_checkpoint(one), load_checkpoint(two)
+    fct.test_eq((a['world'], a['local_bs'], b['world'], b['local_bs']), (1, 8, 2, 4))
+    init = make().models.state_dict()
+    assert not torch.allclose(a['models']['G.net.0.weight'], init['G.net.0.weight'])   # training moved the nets
+    for k, v in a['models'].items(): fct.test_close(b['models'][k], v, eps=1e-5)
