@@ -70,6 +70,14 @@ def test_bf16_autocast_on_cpu():
     fct.test_eq(seen[0], torch.bfloat16); fct.test_eq(learn.G.net[0].weight.dtype, torch.float32)
     assert math.isfinite(learn.logs['G']['loss'])
 
+def test_fp16_gradscaler_per_phase_roundtrips(tmp_path):
+    learn = make(precision='fp16'); learn.fit(max_steps=5)
+    assert all(ph.scaler.is_enabled() for ph in learn.phases)
+    assert all(math.isfinite(v) for d in learn.logs.values() for v in d.values())
+    learn.phases[1].scaler.update(123.0); learn.save(tmp_path / 'h.safetensors')
+    other = make(precision='fp16').load(tmp_path / 'h.safetensors')
+    fct.test_eq(other.phases[1].scaler.get_scale(), 123.0); fct.test_eq(other.global_step, 5)
+
 class Crash(Callback):
     def before_batch(self, l):
         if l.global_step == 11: raise RuntimeError('power cut')
