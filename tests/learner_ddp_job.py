@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from faceanon.core import set_seed
-from faceanon.learner import Learner, Phase, init_distributed, save_checkpoint
+from faceanon.learner import CheckpointCB, Learner, MetricsCB, Phase, init_distributed, save_checkpoint
 
 class Points(torch.utils.data.Dataset):
     "Class y -> a point near a class centre in 4-D, plus per-item noise z (so noise does not depend on the process)."
@@ -50,11 +50,12 @@ def make(device='cpu', seed: int = 0, n: int = 48, bs: int = 8, **kw) -> Learner
     adam = partial(torch.optim.Adam, lr=3e-3, betas=(0.5, 0.999))
     return Learner(dict(G=Gen(), D=Disc()), [Phase('D', 'D', adam, d_loss), Phase('G', 'G', adam, g_loss)], Points(n), bs=bs, device=device, seed=0, **kw)
 
-def main(out, steps: int = 6):
-    "Train `steps` steps on however many processes torchrun started; rank 0 writes the nets to `out`."
+def main(out, steps: int = 6, ckpt=None):
+    "Train `steps` steps on however many processes torchrun started (checkpoint every 3 to `ckpt`); rank 0 writes nets and metrics to `out`."
     rank, world, dev = init_distributed('cpu')
-    learn = make(device=dev).fit(max_steps=steps)
-    if rank == 0: save_checkpoint(dict(world=world, models=learn.models.state_dict(), local_bs=len(learn.batch['y'])), out)
+    mets = MetricsCB(every=2)
+    learn = make(device=dev, cbs=[mets] + ([CheckpointCB(ckpt, every=3)] if ckpt else [])).fit(max_steps=steps)
+    if rank == 0: save_checkpoint(dict(world=world, models=learn.models.state_dict(), local_bs=len(learn.batch['y']), history=mets.history), out)
     if world > 1: dist.barrier(); dist.destroy_process_group()
 
-if __name__ == '__main__': main(sys.argv[1], *(int(a) for a in sys.argv[2:]))
+if __name__ == '__main__': main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])

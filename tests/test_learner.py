@@ -7,7 +7,7 @@ import torch
 import fastcore.test as fct
 sys.path.insert(0, str(Path(__file__).parent))
 from learner_ddp_job import make, main, Points
-from faceanon.learner import (Callback, CancelFitException, CheckpointCB, EMACB, Learner, MetricsCB, Phase, SamplesCB,
+from faceanon.learner import (Callback, CancelFitException, CheckpointCB, EMACB, Learner, MetricsCB, Phase, ProgressCB, SamplesCB,
                               SingleBatchCB, load_checkpoint, save_checkpoint)
 
 REPO = Path(__file__).parents[1]
@@ -52,6 +52,13 @@ def test_cancel_fit_and_absolute_schedule():
             if l.global_step == 4: raise CancelFitException()
     learn = make(); learn.fit(n_epochs=3, cbs=[StopAt()]); fct.test_eq(learn.global_step, 4)
     learn.fit(n_epochs=3); fct.test_eq((learn.epoch, learn.global_step), (3, 18))    # 48 items / 8 = 6 steps per epoch
+
+def test_progress_bar_only_when_asked(capsys):
+    make(cbs=[ProgressCB()]).fit(max_steps=3)                             # stderr is not a terminal under pytest: silent
+    fct.test_eq(capsys.readouterr().err, '')
+    make(cbs=[ProgressCB(enabled=True, refresh=1)]).fit(max_steps=3)
+    err = capsys.readouterr().err
+    assert '3/3' in err and 'G/recon' in err, err
 
 def test_phase_declaration_errors():
     G, D = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
@@ -122,12 +129,12 @@ def _free_port() -> int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def test_torchrun_two_cpu_processes_match_one(tmp_path):
-    "Global batch 8: one process vs two gloo processes of 4 each give the same nets after 6 steps of both phases."
-    one, two = tmp_path / 'one.safetensors', tmp_path / 'two.safetensors'
+    "Global batch 8: one process vs two gloo processes of 4 each give the same nets and logged losses after 6 steps of both phases."
+    one, two, ck = tmp_path / 'one.safetensors', tmp_path / 'two.safetensors', tmp_path / 'ck.safetensors'
     env = dict(os.environ, OMP_NUM_THREADS='1')
     for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
     cmd = [str(REPO / '.venv/bin/torchrun'), '--nproc_per_node', '2', '--nnodes', '1', '--master_addr', '127.0.0.1',
-           '--master_port', str(_free_port()), str(Path(__file__).parent / 'learner_ddp_job.py'), str(two), '6']
+           '--master_port', str(_free_port()), str(Path(__file__).parent / 'learner_ddp_job.py'), str(two), '6', str(ck)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     main(one, 6)                                                              # the single-process run, meanwhile, in this process
     out, _ = proc.communicate(timeout=120)
@@ -137,3 +144,9 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
     init = make().models.state_dict()
     assert not torch.allclose(a['models']['G.net.0.weight'], init['G.net.0.weight'])   # training moved the nets
     for k, v in a['models'].items(): fct.test_close(b['models'][k], v, eps=1e-5)
+    for ra, rb in zip(a['history'], b['history']):                          # logged losses are averaged over the processes
+        fct.test_eq(ra.keys(), rb.keys()); fct.test_close(torch.tensor(list(rb.values())), torch.tensor(list(ra.values())), eps=1e-4)
+    c = load_checkpoint(ck)                                                 # written collectively at step 6 by both ranks
+    fct.test_eq((c['counters']['global_step'], c['counters']['world'], len(c['rng'])), (6, 2, 2))
+    assert not torch.equal(c['rng'][0]['torch'], c['rng'][1]['torch'])     # each rank has its own RNG stream
+    for k, v in b['models'].items(): fct.test_eq(c['models'][k.split('.')[0]]['.'.join(k.split('.')[1:])], v)
