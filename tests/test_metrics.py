@@ -45,6 +45,14 @@ def test_frechet_float64_and_torch_inputs():
     fct.test_close(frechet_distance_features(a, a), 0, eps=1e-8)
 
 
+@pytest.mark.parametrize('n1,n2,d', [(5, 9, 16), (30, 30, 64), (3, 3, 2), (40, 10, 8)])
+def test_frechet_gram_route_equals_covariance_route(n1, n2, d):
+    rng = np.random.default_rng(n1 * d)
+    x, y = rng.normal(size=(n1, d)), rng.normal(0.5, 2, size=(n2, d)) @ rng.normal(size=(d, d))
+    cov_route = frechet_distance(*gaussian_stats(x), *gaussian_stats(y))
+    assert rel(frechet_distance_features(x, y), cov_route) < 1e-6
+
+
 def test_frechet_sample_estimate_converges():
     rng = np.random.default_rng(4)
     x, y = rng.normal(0, 1, size=(20000, 3)), rng.normal(1, 2, size=(20000, 3))
@@ -118,7 +126,7 @@ def test_inception_missing_and_nonstandard_weights(tmp_path):
     torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), p)
     f = InceptionFeatures(p)
     fct.test_eq(fd_name(f), 'FD-Inception')                              # not FID: not the standard weights
-    fct.test_eq(f(torch.zeros(2, 3, 32, 32)).shape, (2, 2048))
+    fct.test_eq(f(torch.zeros(1, 3, 32, 32)).shape, (1, 2048))
 
 
 def test_realism_onet_names_and_orders():
@@ -161,3 +169,53 @@ def test_measure_speed_rows():
     for r in rows:
         fct.test_close(r['faces_per_s'] * r['ms_per_face'], 1000, eps=1e-6)
         assert r['rss_peak_mb'] > 10 and r['cuda_peak_mb'] is None
+
+
+# ---------------------------------------------------------------- evaluate / CLI
+import json, subprocess, sys
+from pathlib import Path
+from faceanon.metrics import evaluate, EvalConfig, gallery_split, toy_eval_set, PooledPixels
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = dict(detector='', n_clips=0, n_controls=2, n_diversity=4, speed_batches=(1,), speed_repeats=1)
+
+
+def test_gallery_split_disjoint():
+    ids = torch.tensor([0, 0, 1, 0, 1, 1, 2])
+    fct.test_eq(gallery_split(ids, 1).tolist(), [True, False, True, False, False, False, True])
+    fct.test_eq(gallery_split(ids, 2).tolist(), [True, True, True, False, True, False, True])
+
+
+def test_evaluate_same_seed_same_json(tmp_path):
+    run = lambda d: evaluate('identity,blur17,mask,noise', toy_eval_set(seed=1), seed=3, out_dir=tmp_path / d, recognizer=PooledPixels(),
+                             config=EvalConfig(**QUICK), progress=False)
+    r = run('a'); run('b')
+    a, b = (tmp_path / 'a' / 'report.json').read_bytes(), (tmp_path / 'b' / 'report.json').read_bytes()
+    fct.test_eq(a, b)
+    rep = json.loads(a)
+    fct.test_eq(rep, r.report)
+    fct.test_eq(list(rep['methods']), ['identity', 'blur17', 'mask', 'noise'])
+    fct.test_eq((rep['n_ids'], rep['n_probes'], rep['n_gallery']), (6, 12, 12))
+    m = rep['methods']
+    fct.test_eq(m['identity']['privacy']['reid'], 1.0)
+    fct.test_eq(m['mask']['privacy']['reid'], rep['chance_reid'])           # identical outputs: one guess for all = chance
+    assert m['noise']['diversity'] > 0.01 > abs(m['identity']['diversity'])
+    assert (tmp_path / 'a' / 'report.md').read_text().count('\n| ') == 4 + 1
+    assert (tmp_path / 'a' / 'tradeoff.png').stat().st_size > 1000 and (tmp_path / 'a' / 'samples.png').exists()
+    fct.test_eq(sorted(json.loads((tmp_path / 'a' / 'speed.json').read_text())), ['blur17', 'identity', 'mask', 'noise'])
+
+
+def test_evaluate_seed_changes_random_methods_only():
+    cfg = EvalConfig(**(QUICK | dict(speed_batches=())))
+    r1, r2 = [evaluate('noise,blur9', toy_eval_set(), seed=s, recognizer=PooledPixels(), config=cfg, progress=False) for s in (0, 1)]
+    assert r1.report['methods']['noise'] != r2.report['methods']['noise']
+    fct.test_eq(r1.report['methods']['blur9']['privacy'], r2.report['methods']['blur9']['privacy'])
+    assert 'utility' not in r1.report['methods']['noise'] and r1.speed == {}
+
+
+def test_cli_evaluate_usage_error():
+    r = subprocess.run([sys.executable, '-c', 'import argparse, sys; from faceanon.metrics import add_evaluate_args, evaluate_cmd; '
+                        'p = argparse.ArgumentParser(); add_evaluate_args(p); sys.exit(evaluate_cmd(p.parse_args(sys.argv[1:])))',
+                        '--methods', 'blur9,nope', '-o', 'unused'], capture_output=True, text=True, cwd=ROOT)
+    fct.test_eq(r.returncode, 2)
+    assert "unknown method 'nope'" in r.stderr and 'Traceback' not in r.stderr
