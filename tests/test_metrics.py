@@ -219,3 +219,15 @@ def test_cli_evaluate_usage_error():
                         '--methods', 'blur9,nope', '-o', 'unused'], capture_output=True, text=True, cwd=ROOT)
     fct.test_eq(r.returncode, 2)
     assert "unknown method 'nope'" in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_evaluate_on_synthfaces_with_clips_and_detector():
+    cfg = EvalConfig(n_ids=3, per_id=3, n_gallery=1, n_utility=3, n_controls=2, n_diversity=2, n_clips=1, n_frames=3, speed_batches=())
+    r = evaluate('identity,mask', 'synth', seed=0, recognizer=PooledPixels(), config=cfg, progress=False)
+    fct.test_eq((r.report['n_ids'], r.report['n_probes'], r.report['n_gallery']), (3, 6, 3))
+    fct.test_eq(r.eset.probes.masks.shape, (6, 1, 64, 64))
+    assert 0.05 < r.eset.probes.masks.mean() < 0.6                        # the face region, not the whole crop
+    u, t = r.report['methods']['identity']['utility'], r.report['methods']['identity']['temporal']
+    fct.test_eq(u['detect_rel'], 1.0); fct.test_eq(u['landmark_nme'], 0.0)   # the no-op changes nothing a detector sees
+    fct.test_close(t['flicker'], t['flicker_input'], eps=1e-9)
+    assert r.report['methods']['mask']['privacy']['id_distance'] > r.report['methods']['identity']['privacy']['id_distance']
