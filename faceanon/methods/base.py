@@ -113,8 +113,9 @@ def blend_masked(images: torch.Tensor, out: torch.Tensor, masks: torch.Tensor) -
 _METHODS: dict[str, Callable[..., AnonMethod]] = {}
 
 def _same_factory(a, b) -> bool:
-    "True if `a` and `b` are the same definition (re-running a notebook cell redefines it)."
-    return all(getattr(a, k, None) == getattr(b, k, None) for k in ('__module__', '__qualname__'))
+    "True if `a` and `b` are the same definition: re-running a notebook cell redefines it, and a notebook's `__main__` copy re-registers the library's."
+    mods = {getattr(a, '__module__', None), getattr(b, '__module__', None)}
+    return getattr(a, '__qualname__', None) == getattr(b, '__qualname__', None) and (len(mods) == 1 or '__main__' in mods)
 
 def register_method(name: str, overwrite: bool = False):
     "Decorator registering a factory (class or function) that builds an `AnonMethod` under `name`."
