@@ -19,7 +19,7 @@ from .methods.base import AnonMethod, FaceBatch, get_method
 import faceanon.methods.baselines  # registers the baseline methods
 
 # %% auto #0
-__all__ = ['MIN_FACE_SIDE', 'PRIVACY_MARGIN', 'IMAGE_SUFFIXES', 'WRITABLE_SUFFIXES', 'ImageReadError', 'read_image',
+__all__ = ['MAX_PIXELS', 'MIN_FACE_SIDE', 'PRIVACY_MARGIN', 'IMAGE_SUFFIXES', 'WRITABLE_SUFFIXES', 'ImageReadError', 'read_image',
            'crop_footprint', 'paste_face', 'obscure', 'AnonResult', 'grow_mask', 'anonymize_faces', 'anonymize_image',
            'UnsafeOutputError', 'plan_outputs', 'RunSummary', 'anonymize_paths']
 
@@ -27,7 +27,9 @@ __all__ = ['MIN_FACE_SIDE', 'PRIVACY_MARGIN', 'IMAGE_SUFFIXES', 'WRITABLE_SUFFIX
 class ImageReadError(Exception):
     "A file could not be read as an image; the message says which and why."
 
-def read_image(path, max_pixels: int = 2 * Image.MAX_IMAGE_PIXELS) -> np.ndarray:
+MAX_PIXELS = 178_956_970   # twice PIL's default decompression-bomb limit (a constant: PIL's global may be changed or None)
+
+def read_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     "Read an image file as upright (H, W, 3) uint8 RGB (EXIF orientation applied)."
     path = Path(path)
     try:

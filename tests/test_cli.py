@@ -57,8 +57,8 @@ def test_batch_outputs_anonymized_without_metadata(batch):
     diff = np.abs(np.asarray(a).astype(int) - AST.astype(int)).sum(-1)
     assert diff[90:160, 190:260].mean() > 30 and np.median(diff[:60]) < 6     # face changed, top rows ~JPEG noise only
 
-def test_huge_image_face_found_size_kept(batch):
-    Image.MAX_IMAGE_PIXELS = None
+def test_huge_image_face_found_size_kept(batch, monkeypatch):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', None)                      # this test's own 100 Mpx file, only here
     with Image.open(batch['out'] / 'huge.jpg') as h:
         fct.test_eq(h.size, (10_000, 10_000))
         face = np.asarray(h.crop((3000, 6000, 5048, 8048)).resize((512, 512)))
@@ -82,7 +82,8 @@ def test_unknown_options_refused_in_a_subprocess(tmp_path):
                                       (['anonymize', 'x', '-o', 'o', '--meth', 'mask'], 'required: --method'),
                                       (['anonymize', 'x', '--method', 'mask'], 'required: -o/--outdir'),
                                       (['anonymize', '-o', 'o', '--method', 'mask'], 'required: INPUT'),
-                                      (['train'], "invalid choice: 'train'"), ([], 'required: COMMAND')])
+                                      (['train'], 'required: METHOD'), (['frobnicate'], "invalid choice: 'frobnicate'"),
+                                      ([], 'required: COMMAND')])
 def test_bad_command_lines(argv, msg, capsys):
     from faceanon.cli import main
     with pytest.raises(SystemExit) as e: main(argv)
