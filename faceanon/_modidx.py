@@ -410,6 +410,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'faceanon.learner._pack': ('nbs/learner.html#_pack', 'faceanon/learner.py'),
                                   'faceanon.learner._subplots': ('nbs/learner.html#_subplots', 'faceanon/learner.py'),
                                   'faceanon.learner._unpack': ('nbs/learner.html#_unpack', 'faceanon/learner.py'),
+                                  'faceanon.learner.add_run_args': ('nbs/learner.html#add_run_args', 'faceanon/learner.py'),
                                   'faceanon.learner.init_distributed': ('nbs/learner.html#init_distributed', 'faceanon/learner.py'),
                                   'faceanon.learner.load_checkpoint': ('nbs/learner.html#load_checkpoint', 'faceanon/learner.py'),
                                   'faceanon.learner.rng_state': ('nbs/learner.html#rng_state', 'faceanon/learner.py'),

@@ -22,7 +22,7 @@ from .core import atomic_write, get_device, image_grid, save_image, set_seed
 __all__ = ['CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelStepException', 'Callback', 'run_cbs',
            'Phase', 'ShardedBatchSampler', 'to_device', 'Learner', 'rng_state', 'set_rng_state', 'SingleBatchCB',
            'MetricsCB', 'ProgressCB', 'EMACB', 'SamplesCB', 'save_checkpoint', 'load_checkpoint', 'CheckpointCB',
-           'init_distributed', 'DistributedCB']
+           'init_distributed', 'DistributedCB', 'add_run_args']
 
 # %% ../nbs/16_learner.ipynb #209593e1
 class CancelFitException(Exception):
@@ -473,3 +473,18 @@ class DistributedCB(Callback):
     def after_epoch(self, learn):
         for b in learn.models.buffers():
             if b.is_floating_point(): dist.all_reduce(b); b /= learn.world
+
+# %% ../nbs/16_learner.ipynb #d37b7dd2
+def add_run_args(p, bs: int = 16,          # default global batch size of this method
+                 ckpt_every: int = 100,    # default checkpoint interval in steps
+                 precision: str = 'fp32',  # default autocast precision
+                 steps: int = 1500):       # default schedule length
+    "Declare the options every `faceanon train METHOD` shares on an argparse parser."
+    p.add_argument('--steps', type=int, default=steps, help='total batches (a resumed run finishes the same schedule)')
+    p.add_argument('--bs', type=int, default=bs, help=f'global batch size (default: {bs})')
+    p.add_argument('--precision', default=precision, choices=['fp32', 'bf16', 'fp16', 'auto'], help=f'autocast precision (default: {precision})')
+    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
+    p.add_argument('--seed', type=int, default=0, help='seed for weights, data order and sampling')
+    p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.safetensors if it exists')
+    p.add_argument('--ckpt-every', type=int, default=ckpt_every, help=f'checkpoint every k steps (default: {ckpt_every})')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..core import set_seed
 from ..layers import resnet_generator, patch_discriminator, patch_channels, MultiscaleDiscriminator, ChunkHead, conv_block, ResizeConv
 from ..losses import gan_losses, bitchunk_loss, chunk_accuracy, bits_to_chunks, id_classify_loss, id_confuse_loss, identity_loss, recon_loss
-from ..learner import Learner, Phase, Callback, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, save_checkpoint, load_checkpoint
+from ..learner import Learner, Phase, Callback, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, save_checkpoint, load_checkpoint, add_run_args
 from .base import AnonMethod, FaceBatch, register_method
 
 # %% auto #0
@@ -549,15 +549,8 @@ def add_train_args(p):
     p.add_argument('--lr', type=float, default=1e-3, help=f'Adam learning rate of T, Q, D; F uses a tenth (paper: {d.lr})')
     p.add_argument('--pool-size', type=int, default=200, help=f'image pool per discriminator (official: {d.pool_size})')
     p.add_argument('--non-adversarial', action='store_true', help="the supplement's Eq. 3 ablation: F frozen")
-    p.add_argument('--steps', type=int, default=1500, help='total batches (a resumed run finishes the same schedule)')
-    p.add_argument('--bs', type=int, default=8, help='batch size (paper: 48)')
     p.add_argument('--f-pretrain-steps', type=int, default=200, help="steps of F's identity pretraining before the GAN")
-    p.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16', 'auto'], help='autocast precision')
-    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
-    p.add_argument('--seed', type=int, default=0, help='seed for weights, passwords and data order')
-    p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.safetensors if it exists')
-    p.add_argument('--ckpt-every', type=int, default=25, help='checkpoint every k steps')
-    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    add_run_args(p, bs=8, ckpt_every=25, precision='fp32')        # paper batch 48; 8 for CPU
 
 def train_main(args) -> int:
     "Run `faceanon train password`; 0 on success, 2 on a usage error."
