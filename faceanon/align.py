@@ -170,16 +170,20 @@ def warped_alpha(shape: tuple, M: np.ndarray, mask: np.ndarray, feather: float =
     return np.clip(warp_affine(a, invert_affine(M), (y1 - y0, x1 - x0), (x0, y0), padding='zeros', antialias=False), 0, 1), (x0, y0, x1, y1)
 
 def paste_back(img: np.ndarray, crop: np.ndarray, M: np.ndarray, mask: np.ndarray, feather: float = 0.05,
-               color_match: bool = True) -> np.ndarray:
-    "Blend `crop` (S,S,3) uint8 into a copy of `img` (H,W,3) uint8 through M (image->crop); pixels outside the feathered mask are unchanged."
-    img = np.asarray(img); out = img.copy(); S = crop.shape[0]
+               color_match: bool = True,
+               out: np.ndarray | None = None, # (H, W, 3) uint8 blended into in place (usually `img` itself); None: a copy of `img`
+              ) -> np.ndarray:
+    "Blend `crop` (S,S,3) uint8 into `img` (H,W,3) uint8 through M (image->crop); returns `out` (or a copy); pixels outside the feathered mask are unchanged."
+    img = np.asarray(img); S = crop.shape[0]
+    if out is None: out = img.copy()
+    elif out.shape != img.shape or out.dtype != np.uint8: raise ValueError(f"out must be a uint8 array of the image's shape {img.shape}, got {out.dtype} {out.shape}")
     alpha, (x0, y0, x1, y1) = warped_alpha(img.shape, M, mask, feather)
     if not alpha.size: return out
     c = crop.astype(np.float32)
-    if color_match: c = match_color(c, warp_affine(img, M, (S, S)), mask)
+    if color_match: c = match_color(c, warp_affine(img, M, (S, S)), mask)   # reads only the face's pre-image
     Minv = invert_affine(M)                                       # crop -> image
     w = warp_affine(c, Minv, (y1 - y0, x1 - x0), (x0, y0), padding='border', antialias=False)
     reg = img[y0:y1, x0:x1].astype(np.float32); a3 = alpha[..., None]
     blended = np.clip(np.round(reg * (1 - a3) + w * a3), 0, 255).astype(np.uint8)
-    out[y0:y1, x0:x1] = np.where(a3 > 0, blended, img[y0:y1, x0:x1])
+    np.copyto(out[y0:y1, x0:x1], blended, where=a3 > 0)           # weight 0: the pixel is left as it is
     return out

@@ -14,14 +14,14 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 from .core import to_rgb, to_image, save_image
 from .detect import Face, detect_faces
-from .align import align_face, invert_affine, paste_back
+from .align import align_face, paste_back
 from .methods.base import AnonMethod, FaceBatch, get_method
 import faceanon.methods.baselines  # registers the baseline methods
 
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MIN_FACE_SIDE', 'PRIVACY_MARGIN', 'IMAGE_SUFFIXES', 'WRITABLE_SUFFIXES', 'ImageReadError', 'read_image',
-           'crop_footprint', 'paste_face', 'obscure', 'AnonResult', 'grow_mask', 'anonymize_faces', 'anonymize_image',
-           'UnsafeOutputError', 'plan_outputs', 'RunSummary', 'anonymize_paths']
+           'obscure', 'AnonResult', 'grow_mask', 'anonymize_faces', 'anonymize_image', 'UnsafeOutputError',
+           'plan_outputs', 'RunSummary', 'anonymize_paths']
 
 # %% ../nbs/04_pipeline.ipynb #54b30619
 class ImageReadError(Exception):
@@ -45,25 +45,6 @@ def read_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except Image.UnidentifiedImageError: raise ImageReadError(f"{path}: not an image file (or a format PIL cannot read)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{path}: cannot decode image ({e})") from None
-
-# %% ../nbs/04_pipeline.ipynb #fa79fbeb
-def crop_footprint(M: np.ndarray, size: int, shape: tuple, margin: float = 0.25) -> tuple[int, int, int, int]:
-    "Photo-pixel box (x0, y0, x1, y1) covering the crop square mapped back by inverse of M, plus a margin."
-    Mi = invert_affine(np.asarray(M, np.float64))
-    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64) @ np.asarray(Mi).T
-    (x0, y0), (x1, y1) = corners.min(0), corners.max(0)
-    m = margin * max(x1 - x0, y1 - y0) + 8
-    H, W = shape[:2]
-    return max(0, int(x0 - m)), max(0, int(y0 - m)), min(W, int(np.ceil(x1 + m))), min(H, int(np.ceil(y1 + m)))
-
-def paste_face(img: np.ndarray, crop: np.ndarray, M: np.ndarray, mask: np.ndarray, color_match: bool = False) -> np.ndarray:
-    "Paste an anonymized crop into `img` (in place) working only on the face's footprint; returns `img`."
-    x0, y0, x1, y1 = crop_footprint(M, crop.shape[0], img.shape)
-    if x1 <= x0 or y1 <= y0: return img
-    M2 = np.asarray(M, np.float64).copy()
-    M2[:, 2] += M2[:, :2] @ np.array([x0, y0], np.float64)                # photo -> crop, from ROI coordinates
-    img[y0:y1, x0:x1] = paste_back(np.ascontiguousarray(img[y0:y1, x0:x1]), crop, M2.astype(np.float32), mask, color_match=color_match)
-    return img
 
 # %% ../nbs/04_pipeline.ipynb #dd7792f2
 def obscure(img: np.ndarray, cells: int = 16) -> np.ndarray:
@@ -109,7 +90,7 @@ def anonymize_faces(img: np.ndarray, faces: list, method: AnonMethod, seed: int 
     aligned = [align_face(img, f, size=method.crop_size) for f in faces]
     aligned = [replace(a, mask=grow_mask(a.mask, margin)) for a in aligned]
     crops = to_image(method(FaceBatch.from_aligned(aligned, device=device), seed=seed))   # (B, S, S, 3)
-    for a, c in zip(aligned, crops): paste_face(out, c, a.M, a.mask, color_match=method.color_match)
+    for a, c in zip(aligned, crops): paste_back(out, c, a.M, a.mask, color_match=method.color_match, out=out)
     return out
 
 def anonymize_image(img, method: str | AnonMethod = 'blur17', detector: str | Callable = 'mtcnn', crop_size: int | None = None,

@@ -82,7 +82,28 @@ def test_paste_identity_crop_is_close():
     out = paste_back(AST, a.image, a.M, a.mask, color_match=False)
     assert np.abs(out.astype(int) - AST).mean() < 0.5
 
+@pytest.mark.parametrize('color_match', [False, True])
+def test_paste_back_out_in_place(color_match):
+    f = detect_faces(AST)[0]; a = align_face(AST, f, 128)
+    crop = RNG.integers(0, 256, a.image.shape).astype(np.uint8)
+    ref = paste_back(AST, crop, a.M, a.mask, color_match=color_match)
+    buf = AST.copy()
+    res = paste_back(buf, crop, a.M, a.mask, color_match=color_match, out=buf)
+    assert res is buf                                          # in place, the same object returned
+    fct.test_eq(buf, ref)                                      # bit-identical to the copying call
+    assert (buf != AST).any()
+    other = np.full_like(AST, 7)                               # out need not be img: only pixels with weight > 0 are written
+    paste_back(AST, crop, a.M, a.mask, color_match=color_match, out=other)
+    alpha, (x0, y0, x1, y1) = warped_alpha(AST.shape, a.M, a.mask)
+    written = np.zeros(AST.shape[:2], bool); written[y0:y1, x0:x1] = alpha > 0
+    fct.test_eq(other[written], ref[written]); assert (other[~written] == 7).all()
+    with pytest.raises(ValueError, match='out must be'): paste_back(AST, crop, a.M, a.mask, out=AST[:10].copy())
+    with pytest.raises(ValueError, match='out must be'): paste_back(AST, crop, a.M, a.mask, out=AST.astype(np.float32))
+
 def test_paste_off_image_face():
     img = np.zeros((50, 60, 3), np.uint8)
     M = np.array([[1., 0, 500], [0, 1, 500]])                 # the crop maps far outside the image
     fct.test_eq(paste_back(img, np.full((64, 64, 3), 255, np.uint8), M, np.ones((64, 64))), img)
+    buf = img.copy()
+    assert paste_back(img, np.full((64, 64, 3), 255, np.uint8), M, np.ones((64, 64)), out=buf) is buf
+    fct.test_eq(buf, img)
