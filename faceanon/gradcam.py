@@ -10,8 +10,8 @@ from torch import nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['Hook', 'cam_from', 'grad_cam', 'upsample_cam', 'distract', 'DistractionOut', 'Distraction', 'facenet_parts',
-           'facenet_distraction']
+__all__ = ['Hook', 'cam_from', 'grad_cam', 'upsample_cam', 'heat_inside', 'distract', 'DistractionOut', 'Distraction',
+           'facenet_parts', 'facenet_distraction']
 
 # %% ../nbs/11_gradcam.ipynb #bd548e35
 class Hook:
@@ -66,6 +66,16 @@ def upsample_cam(cam: torch.Tensor, size) -> torch.Tensor:
     "(B, h, w) Grad-CAM -> (B, 1, H, W) bilinearly resized and scaled to [0, 1] per sample."
     m = F.interpolate(cam[:, None], size=size, mode='bilinear', align_corners=False)
     return m / m.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+# %% ../nbs/11_gradcam.ipynb #c597a04a
+def heat_inside(cam: torch.Tensor,  # (B, h, w) Grad-CAM
+                mask: torch.Tensor  # (B, H, W) or (B, 1, H, W), 1 = inside (e.g. the face)
+                ) -> torch.Tensor:
+    "Share of each sample's Grad-CAM mass inside mask, after bilinear upsampling to the mask's size: (B,), NaN where the map is all zero."
+    mask = mask.reshape(mask.shape[0], *mask.shape[-2:]).float()
+    m = F.interpolate(cam[:, None].float(), size=mask.shape[-2:], mode='bilinear', align_corners=False)[:, 0].clamp_min(0)
+    total = m.flatten(1).sum(1)
+    return torch.where(total > 0, (m * mask).flatten(1).sum(1) / total.clamp_min(1e-12), torch.full_like(total, float('nan')))
 
 # %% ../nbs/11_gradcam.ipynb #4f6ededc
 def distract(acts: torch.Tensor,  # (B, K, H, W) feature map A

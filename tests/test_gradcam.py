@@ -127,3 +127,14 @@ def test_facenet_hook_shapes_at_160px():
     with torch.no_grad():
         assert (fn.logits(o.f_hat).gather(1, o.cls[:, None]) <= fn.logits(o.f).gather(1, o.cls[:, None]) + 1e-4).all()
     fct.test_fail(lambda: facenet_distraction(InceptionResnetV1()), contains='classify=True')
+
+
+def test_heat_inside_shares():
+    from faceanon.gradcam import heat_inside
+    cam = torch.zeros(4, 3, 3); cam[0] = 1; cam[1, 1, 1] = 5; cam[3, 0, 0] = 1
+    mask = torch.zeros(4, 30, 30); mask[:, 10:20, 10:20] = 1          # the centre cell, at 10x the size
+    s = heat_inside(cam, mask[:, None])                                 # (B, 1, H, W) masks work too
+    fct.test_close(s[0], 100 / 900, eps=1e-5)                           # uniform heat: the area share
+    assert s[1] > 0.5 and s[3] < s[1]                                   # heat on the centre / in a corner
+    assert s[2].isnan()                                                 # no heat: no share
+    fct.test_eq(heat_inside(cam, mask).shape, (4,))
