@@ -23,9 +23,10 @@ __all__ = ['frechet_distance', 'gaussian_stats', 'frechet_distance_features', 'm
            'distance_matrix', 'reid_rate', 'verification_rate', 'identity_distance', 'interocular', 'landmark_nme',
            'detect_landmarks5', 'utility_metrics', 'diversity', 'identity_drift', 'stabilise', 'flicker',
            'measure_speed', 'EvalSet', 'gallery_split', 'parsing_mask', 'synth_eval_set', 'folder_eval_set',
-           'EvalConfig', 'anonymize_all', 'embed_all', 'privacy_metrics', 'realism_vs', 'diversity_for', 'temporal_for',
-           'evaluate_method', 'speed_for', 'report_table', 'plot_tradeoff', 'EvalResult', 'write_report', 'evaluate',
-           'default_recognizer', 'get_recognizer', 'toy_eval_set', 'PooledPixels', 'add_evaluate_args', 'evaluate_cmd']
+           'second_view', 'photos_eval_set', 'EvalConfig', 'anonymize_all', 'embed_all', 'privacy_metrics',
+           'realism_vs', 'diversity_for', 'temporal_for', 'evaluate_method', 'speed_for', 'report_table',
+           'plot_tradeoff', 'EvalResult', 'write_report', 'evaluate', 'default_recognizer', 'get_recognizer',
+           'toy_eval_set', 'PooledPixels', 'add_evaluate_args', 'evaluate_cmd']
 
 # %% ../nbs/17_metrics.ipynb #04ed1c62
 def _as_f64(x) -> np.ndarray:
@@ -380,6 +381,40 @@ def folder_eval_set(path, n_gallery: int = 1, size: int = 128, detector: str = '
     batch = FaceBatch.from_aligned(faces)
     return EvalSet(path.name, batch.images[g], ids[g], batch[torch.where(~g)[0]], ids[~g])
 
+# %% ../nbs/17_metrics.ipynb #a9991c2a
+def second_view(img: np.ndarray, face, size: int = 128, rng=None, jitter: float = 0.03, quality: int = 75) -> np.ndarray:
+    "Another view of a detected face: aligned from jittered landmarks (jitter x eye distance), mirrored, JPEG at `quality`; (S, S, 3) uint8."
+    import io
+    from dataclasses import replace
+    from PIL import Image
+    from faceanon.align import align_face, face_landmarks5
+    rng = rng if rng is not None else np.random.default_rng(0)
+    lm = face_landmarks5(face); iod = float(np.linalg.norm(lm[1] - lm[0]))
+    moved = replace(face, landmarks5=(lm + rng.normal(0, jitter * iod, lm.shape)).astype(np.float32), landmarks68=None)
+    buf = io.BytesIO(); Image.fromarray(np.ascontiguousarray(align_face(img, moved, size).image[:, ::-1])).save(buf, 'JPEG', quality=quality)
+    return np.array(Image.open(buf).convert('RGB'))                 # a writable copy
+
+def photos_eval_set(photos=None,              # image paths or (H, W, 3) arrays; None = face-api's group photos
+                    size: int = 128, detector: str = 'mtcnn', min_face: int = 40,   # faces smaller than min_face px are skipped
+                    seed: int = 0, name: str = 'photos') -> EvalSet:
+    "Every face found in real photos as its own person: probes = aligned crops, gallery = a `second_view` of each."
+    from PIL import Image
+    from faceanon.core import to_rgb, to_tensor
+    from faceanon.detect import detect_faces
+    from faceanon.align import align_face
+    if photos is None:
+        from faceanon.data.photos import face_api_samples
+        photos = face_api_samples()
+    rng, probes, gallery = np.random.default_rng(seed), [], []
+    for ph in photos:
+        img = to_rgb(Image.open(ph) if isinstance(ph, (str, Path)) else ph)
+        for f in detect_faces(img, detector=detector):
+            if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) < min_face: continue
+            probes.append(align_face(img, f, size)); gallery.append(second_view(img, f, size, rng))
+    if len(probes) < 2: raise ValueError(f"photos_eval_set needs at least two faces of {min_face}+ px, found {len(probes)}")
+    ids = torch.arange(len(probes))
+    return EvalSet(name, to_tensor(gallery), ids, FaceBatch.from_aligned(probes), ids.clone())
+
 # %% ../nbs/17_metrics.ipynb #30b3d450
 @dataclass
 class EvalConfig:
@@ -549,6 +584,7 @@ def _as_eset(data, cfg: EvalConfig, seed: int) -> EvalSet:
     if isinstance(data, EvalSet): return data
     if str(data) == 'synth':
         return synth_eval_set(cfg.n_ids, cfg.per_id, cfg.n_gallery, cfg.size, seed, cfg.n_clips, cfg.n_frames)
+    if str(data) == 'photos': return photos_eval_set(seed=seed)
     return folder_eval_set(data, n_gallery=cfg.n_gallery)
 
 def _as_detector(name):
@@ -571,7 +607,7 @@ def write_report(res: EvalResult, out_dir) -> Path:
 
 # %% ../nbs/17_metrics.ipynb #e478d14a
 def evaluate(methods,                          # method names ('identity,blur9' or a list) or AnonMethod objects
-             data='synth',                     # 'synth', a folder with one sub-folder of photos per person, or an EvalSet
+             data='synth',                     # 'synth', 'photos' (face-api group photos), a folder with one sub-folder per person, or an EvalSet
              seed: int = 0,                    # seeds the data, every method and every random subset
              out_dir=None,                     # report directory; None writes nothing
              recognizer=None,                  # evaluation recognizer (embed/distance/threshold); default: default_recognizer(data)
@@ -638,7 +674,7 @@ def add_evaluate_args(p):
     "Declare `faceanon evaluate` options on an argparse parser."
     d = EvalConfig()
     p.add_argument('--methods', default=_DEFAULT_METHODS, help=f'comma-separated method names (default: {_DEFAULT_METHODS})')
-    p.add_argument('--data', default='synth', help="'synth' or a folder with one sub-folder of photos per person")
+    p.add_argument('--data', default='synth', help="'synth', 'photos' (the real face-api group photos: make photos) or a folder with one sub-folder of photos per person")
     p.add_argument('--seed', type=int, default=0, help='seed for data, methods and subsets (same seed, same report.json)')
     p.add_argument('-o', '--out', required=True, help='report directory (report.json, speed.json, report.md, plots)')
     p.add_argument('--recognizer', default='auto', help="'auto', 'facenet-synth', 'dlib' or a saved recognizer file")

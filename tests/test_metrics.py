@@ -231,3 +231,20 @@ def test_evaluate_on_synthfaces_with_clips_and_detector():
     fct.test_eq(u['detect_rel'], 1.0); fct.test_eq(u['landmark_nme'], 0.0)   # the no-op changes nothing a detector sees
     fct.test_close(t['flicker'], t['flicker_input'], eps=1e-9)
     assert r.report['methods']['mask']['privacy']['id_distance'] > r.report['methods']['identity']['privacy']['id_distance']
+
+
+def test_photos_eval_set_second_view_and_dlib_judge():
+    from faceanon.metrics import photos_eval_set, evaluate, EvalConfig
+    from faceanon.data.photos import astronaut
+    ast = astronaut()
+    es = photos_eval_set([ast, np.ascontiguousarray(ast[:, ::-1])], name='ast2')
+    fct.test_eq(es.gallery.shape, (2, 3, 128, 128)); fct.test_eq(es.probe_ids.tolist(), [0, 1])
+    assert (es.gallery[0] - es.probes.images[0].flip(-1)).abs().mean() < (es.gallery[0] - es.probes.images[0]).abs().mean()
+    assert not torch.equal(es.gallery[0], es.probes.images[0].flip(-1))     # jittered and JPEG'd, not a copy
+    pytest.importorskip('dlib')
+    from faceanon.identity import DlibRecognizer
+    res = evaluate('identity,mask', es, recognizer=DlibRecognizer(), progress=False,
+                   config=EvalConfig(n_clips=0, speed_batches=(), n_controls=0, detector=''))
+    M = res.report['methods']
+    assert M['identity']['privacy']['verification'] == 1 and M['mask']['privacy']['verification'] == 0, M
+    with pytest.raises(ValueError, match='at least two faces'): photos_eval_set([np.zeros((64, 64, 3), np.uint8)] * 2)
