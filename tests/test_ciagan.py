@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import fastcore.test as fct
 from faceanon.methods import ciagan as C
 from faceanon.methods.base import FaceBatch, get_method
+from faceanon.identity import DlibRecognizer
 
 torch.set_num_threads(2)
 TINY = C.CiaganConfig(size=32, n_ids=6, ch=4, d_ch=4)
@@ -114,13 +115,15 @@ def test_committed_method_seeded_and_diverse(test_faces):
     fct.test_eq(m(five, seed=0).shape, (2, 3, 64, 64))
 
 def test_reid_drops_at_reduced_scale():
-    from faceanon.metrics import synth_eval_set, anonymize_all, embed_all, reid_rate
-    e = synth_eval_set(n_ids=8, per_id=3, n_gallery=1, size=64, n_clips=0)
-    rec = C.eval_recognizer()
-    gal = embed_all(rec, e.gallery)
-    rate = lambda x: reid_rate(embed_all(rec, x), e.probe_ids, gal, e.gallery_ids, rec.distance)
-    before, after = rate(e.probes.images), rate(anonymize_all(get_method('ciagan', realign=False), e.probes, seed=0))
-    assert after <= before / 2 and after <= 2 / 8, (before, after)     # measured: 0.375 -> 0.125 (chance 1/8)
+    from faceanon.metrics import synth_eval_set, anonymize_all, embed_all, reid_rate, identity_distance
+    e = synth_eval_set(n_ids=16, per_id=3, n_gallery=1, size=64, n_clips=0)
+    rec = DlibRecognizer()                                            # the same judge on every machine (the cached FaceNet may be absent)
+    gal, src = embed_all(rec, e.gallery), embed_all(rec, e.probes.images)
+    def judged(name, **kw):
+        em = embed_all(rec, anonymize_all(get_method(name, **kw), e.probes, seed=0))
+        return reid_rate(em, e.probe_ids, gal, e.gallery_ids, rec.distance), identity_distance(em, src, rec.distance)
+    (r0, _), (r9, d9), (rc, dc) = judged('identity'), judged('blur9'), judged('ciagan', realign=False)
+    assert rc <= r0 / 2 and dc > d9, (r0, r9, rc, d9, dc)            # measured with dlib at 64 px: 0.31 -> 0.125 (blur 9: 0.16); distance 0.45 vs 0.40
 
 def test_bench_rows():
     rows = C.bench_ciagan(size=16, n_ids=10, batch_sizes=(1,), repeats=1, train_bs=2, train_steps=1)
