@@ -11,12 +11,12 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from .core import Timer, atomic_write
+from .core import Timer, atomic_write, time_call
 from .data.photos import astronaut, face_api_samples
 
 # %% auto #0
-__all__ = ['BenchConfig', 'bench_photos', 'time_call', 'deface_available', 'DefaceRunner', 'bench_detectors', 'bench_pipeline',
-           'bench_deface', 'run_bench', 'bench_table', 'save_bench']
+__all__ = ['BenchConfig', 'bench_photos', 'deface_available', 'DefaceRunner', 'bench_detectors', 'bench_pipeline', 'bench_deface',
+           'run_bench', 'bench_table', 'save_bench']
 
 # %% ../nbs/41_bench.ipynb #8e9600a9
 @dataclass
@@ -47,15 +47,6 @@ def bench_photos(quick: bool = False) -> dict[str, np.ndarray]:
     photos = {'astronaut 512x512': astronaut()}
     if not quick: photos['frame 1280x720'] = _frame_720p()
     return photos
-
-# %% ../nbs/41_bench.ipynb #de2f02b6
-def time_call(fn: Callable, repeats: int = 5) -> tuple[float, object]:
-    "Median milliseconds of `fn()` over `repeats` calls after a warm-up, and the last result."
-    out = fn(); times = []
-    for _ in range(max(1, repeats)):
-        with Timer() as t: out = fn()
-        times.append(t.ms)
-    return statistics.median(times), out
 
 # %% ../nbs/41_bench.ipynb #967dcc95
 def deface_available() -> bool:

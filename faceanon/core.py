@@ -4,8 +4,9 @@
 
 # %% ../nbs/00_core.ipynb #95e9eccf
 from __future__ import annotations
-import os, random, tempfile, time, math
+import os, random, statistics, tempfile, time, math
 from contextlib import contextmanager
+from typing import Callable
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['to_rgb', 'to_tensor', 'to_image', 'image_grid', 'show_images', 'set_seed', 'get_device', 'atomic_write', 'save_image',
-           'Timer']
+           'Timer', 'time_call', 'impl_rows']
 
 # %% ../nbs/00_core.ipynb #a646e704
 def _alpha_over_white(a: np.ndarray) -> np.ndarray:
@@ -144,3 +145,21 @@ class Timer:
         return time.perf_counter()
     def __enter__(self): self.t0 = self._now(); return self
     def __exit__(self, *exc): self.ms = (self._now() - self.t0) * 1000
+
+# %% ../nbs/00_core.ipynb #35b3528e
+def time_call(fn: Callable, repeats: int = 5) -> tuple[float, object]:
+    "Median milliseconds of `fn()` over `repeats` calls after a warm-up, and the last result."
+    out = fn(); times = []
+    for _ in range(max(1, repeats)):
+        with Timer() as t: out = fn()
+        times.append(t.ms)
+    return statistics.median(times), out
+
+def impl_rows(impls: dict,      # name -> zero-argument callable running one batch
+              batch: int, repeats: int = 3, task: str = 'inference', **common) -> list[dict]:
+    "One benchmark row per implementation: median ms per image and images per second at this batch size."
+    rows = []
+    for name, fn in impls.items():
+        ms = time_call(fn, repeats)[0]
+        rows.append(dict(impl=name, task=task, batch=batch, ms_per_image=ms / batch, images_per_s=1000 * batch / ms, **common))
+    return rows

@@ -69,6 +69,17 @@ def test_networks_shapes_and_errors():
     assert (T(x, p) - T(x, pw.inverse(p))).abs().mean() > 0      # the password reaches the output
 
 
+def test_f_sees_only_the_face_view():
+    F = pw.build_recognizer(TINY).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    fct.test_eq(pw.face_view(x, 0.625).shape, (2, 3, 20, 20))
+    fct.test_eq(pw.face_view(x, 0.625), x[..., 6:26, 6:26])
+    y = x.clone(); y[..., :6, :] = 1; y[..., :, 26:] = -1          # change only pixels outside the view
+    fct.test_close(pw.recognizer_outputs(F, y, 0.625)[1], pw.recognizer_outputs(F, x, 0.625)[1])
+    assert (pw.recognizer_outputs(F, y)[1] - pw.recognizer_outputs(F, x)[1]).abs().max() > 1e-4   # the full frame does see them
+    fct.test_fail(lambda: pw.face_view(x, 0), contains='f_view must be in (0, 1]')
+
+
 def test_paper_size_counts():
     cfg = pw.PasswordConfig()
     fct.test_eq(sum(p.numel() for p in pw.Transformer(cfg).parameters()), 11_438_211)   # the brief's 11.4 M; 30 GFLOP is checked in the notebook

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from ..core import set_seed, to_image
+from ..core import set_seed, to_image, impl_rows
 from ..layers import ciagan_block, conv2d, act_layer, norm_layer
 from ..losses import gan_losses, contrastive_loss, recon_loss
 from ..learner import Learner, Phase, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, save_checkpoint, load_checkpoint, add_run_args
@@ -574,12 +574,6 @@ def prepare_for_inference(G: CiaganGenerator) -> CiaganGenerator:
         if parametrize.is_parametrized(m): parametrize.remove_parametrizations(m, 'weight', leave_parametrized=True)
     return G.to(memory_format=torch.channels_last)
 
-def _seconds(fn, repeats: int) -> float:
-    "Seconds per call of fn after one warm-up call."
-    fn(); t = time.perf_counter()
-    for _ in range(repeats): fn()
-    return (time.perf_counter() - t) / repeats
-
 def generator_gflop(cfg: CiaganConfig) -> float:
     "GFLOP (2 x multiply-adds) of one generator forward at cfg.size."
     from torch.utils.flop_counter import FlopCounterMode
@@ -612,9 +606,7 @@ def bench_ciagan(quick: bool = False,                 # the 64 px CPU model, bat
             with torch.no_grad(): return G_off(x, onehot)
         def ours(prec):
             with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16, enabled=prec == 'bf16'): return G_our(x_cl, ids)
-        for name, fn in [('official-style fp32', official)] + [(f'ours {p} channels-last', partial(ours, p)) for p in precisions]:
-            s = _seconds(fn, repeats)
-            rows.append(dict(impl=name, task='inference', batch=bs, ms_per_image=1000 * s / bs, images_per_s=bs / s, **common))
+        rows += impl_rows({'official-style fp32': official} | {f'ours {p} channels-last': partial(ours, p) for p in precisions}, bs, repeats, **common)
     for name, cfg, order, prec in ([('official-style fp32', off_cfg, 'SDG', 'fp32'), ('ours bf16, fakes reused', our_cfg, 'SGD', 'bf16')] if train else []):
         rows.append(dict(impl=name, task='train step S+D+G', batch=train_bs, s_per_step=_train_step_seconds(cfg, order, prec, train_bs, train_steps)))
     return rows

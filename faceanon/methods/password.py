@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ..core import set_seed
+from ..core import set_seed, time_call, impl_rows
 from ..layers import resnet_generator, patch_discriminator, patch_channels, MultiscaleDiscriminator, ChunkHead, conv_block, ResizeConv
 from ..losses import gan_losses, bitchunk_loss, chunk_accuracy, bits_to_chunks, id_classify_loss, id_confuse_loss, identity_loss, recon_loss
 from ..learner import Learner, Phase, Callback, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, save_checkpoint, load_checkpoint, add_run_args
@@ -22,13 +22,13 @@ from .base import AnonMethod, FaceBatch, register_method
 # %% auto #0
 __all__ = ['PASSWORD_SALT', 'PBKDF2_ITERATIONS', 'IMAGE_EXTS', 'PasswordConfig', 'inverse', 'random_bits', 'random_other',
            'password_planes', 'passphrase_bits', 'int_bits', 'bits_int', 'as_bits', 'Transformer', 'PasswordQ',
-           'SmallRecognizer', 'build_recognizer', 'recognizer_outputs', 'password_discriminators', 'ImagePool',
-           'PoolsCB', 'password_outputs', 'password_g_loss', 'password_d_loss', 'password_learner', 'FaceTensors',
-           'synth_faces', 'IdentityFolders', 'password_data', 'pretrain_recognizer', 'fig4_images', 'fixed_passwords',
-           'save_transformer', 'load_transformer', 'train_password', 'password_anonymize', 'recover', 'default_weights',
-           'PasswordMethod', 'q_chunk_accuracy', 'evaluate_password', 'brute_force', 'fold_batchnorm',
-           'prepare_for_inference', 'transformer_gflop', 'bench_password', 'add_train_args', 'train_main',
-           'password_panel']
+           'SmallRecognizer', 'build_recognizer', 'face_view', 'recognizer_outputs', 'password_discriminators',
+           'ImagePool', 'PoolsCB', 'password_outputs', 'password_g_loss', 'password_d_loss', 'password_learner',
+           'FaceTensors', 'synth_faces', 'IdentityFolders', 'password_data', 'pretrain_recognizer', 'fig4_images',
+           'fixed_passwords', 'save_transformer', 'load_transformer', 'train_password', 'password_anonymize', 'recover',
+           'default_weights', 'PasswordMethod', 'q_chunk_accuracy', 'evaluate_password', 'brute_force',
+           'fold_batchnorm', 'prepare_for_inference', 'transformer_gflop', 'bench_password', 'add_train_args',
+           'train_main', 'password_panel']
 
 # %% ../../nbs/21_methods.password.ipynb #654e2448
 @dataclass
@@ -46,6 +46,7 @@ class PasswordConfig:
     recognizer: str = 'small'      # F: 'small' (CPU classifier from faceanon.layers) or 'facenet' (faceanon.identity.FaceNet)
     nff: int = 32                  # width of the small F
     facenet_input: int = 160       # FaceNet's input side when recognizer='facenet'
+    f_view: float = 0.625          # F sees the centre f_view of each side, the face of an aligned crop (official: F's input is warped to the face)
     bit_value: float = 0.5         # a bit is tiled as +bit_value / -bit_value (official use_minus_one='half')
     pool_size: int = 500           # image pool per discriminator (official: 500)
     lr: float = 1e-4               # Adam learning rate of T, Q and D (supplement §1: 0.0001)
@@ -163,9 +164,15 @@ def build_recognizer(cfg: PasswordConfig) -> nn.Module:
     from faceanon.identity import FaceNet
     return FaceNet(num_classes=cfg.n_ids, input_size=cfg.facenet_input)
 
-def recognizer_outputs(Fnet: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "(features, logits) of F on x in one pass."
-    h = Fnet.features(x)
+def face_view(x: torch.Tensor, frac: float = 1.0) -> torch.Tensor:
+    "The centre `frac` of each side of aligned crops x (B, C, S, S): the face, which is all F looks at."
+    if not 0 < frac <= 1: raise ValueError(f"f_view must be in (0, 1], got {frac}")
+    S = x.shape[-1]; k = max(1, round(S * frac)); o = (S - k) // 2
+    return x[..., o:o + k, o:o + k]
+
+def recognizer_outputs(Fnet: nn.Module, x: torch.Tensor, view: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    "(features, logits) of F on the face view of x in one pass."
+    h = Fnet.features(face_view(x, view))
     return h, Fnet.logits(h)
 
 def password_discriminators(cfg: PasswordConfig) -> nn.ModuleDict:
@@ -216,7 +223,7 @@ def password_g_loss(learn) -> tuple:
     g_adv = gan_losses(cfg.gan_loss)[1]
     gan = _wmean({k: g_adv(learn.D[k](o[k])) for k in ('A', 'R', 'WR')}, dict(A=cfg.w_gan_a, R=cfg.w_gan_r, WR=cfg.w_gan_wr))
     l1 = dict(A=recon_loss(o['A'], x), WR=recon_loss(o['WR'], x), R=recon_loss(o['R'], x))
-    feats, logits = recognizer_outputs(learn.F, torch.cat([o[k] for k in ('A', 'R', 'WR', 'A2', 'WR2')]))
+    feats, logits = recognizer_outputs(learn.F, torch.cat([o[k] for k in ('A', 'R', 'WR', 'A2', 'WR2')]), cfg.f_view)
     fA, fR, fWR, fA2, fWR2 = feats.chunk(5)
     lA, lR, lWR = logits[:3 * len(x)].chunk(3)
     fr = _wmean(dict(A=id_confuse_loss(lA, y), R=id_classify_loss(lR, y), WR=id_confuse_loss(lWR, y)), dict(A=cfg.w_fr_a, R=1., WR=cfg.w_fr_wr))
@@ -236,7 +243,7 @@ def password_d_loss(learn) -> tuple:
                  WR=pick(learn.pools['WR'].query(torch.cat([o['WR'], o['WR2']]))))
     gan = _wmean({k: d_adv(learn.D[k](x), learn.D[k](fakes[k])) for k in fakes}, dict(A=cfg.w_gan_a, R=cfg.w_gan_r, WR=cfg.w_gan_wr))
     if not cfg.adversarial_fr: return cfg.w_gan * gan, dict(gan=gan)
-    lx, lA, lR, lWR = recognizer_outputs(learn.F, torch.cat([x, o['A'], o['R'], o['WR']]))[1].chunk(4)
+    lx, lA, lR, lWR = recognizer_outputs(learn.F, torch.cat([x, o['A'], o['R'], o['WR']]), cfg.f_view)[1].chunk(4)
     fake = _wmean(dict(A=id_classify_loss(lA, y), R=id_confuse_loss(lR, y), WR=id_classify_loss(lWR, y)), dict(A=cfg.w_fr_a, R=1., WR=cfg.w_fr_wr))
     fr = 0.5 * (id_classify_loss(lx, y) + fake)
     return cfg.w_gan * gan + cfg.w_fr * fr, dict(gan=gan, fr=fr, f_acc=(lx.argmax(1) == y).float().mean())
@@ -310,8 +317,8 @@ def password_data(data, cfg: PasswordConfig, seed: int = 0, per_id: int = 20):
     raise ValueError(f"data must be 'synth', 'folder:PATH' (or casia:/vggface2:/lfw:PATH) or a Dataset, got {data!r}")
 
 # %% ../../nbs/21_methods.password.ipynb #d687b050
-def pretrain_recognizer(Fnet: nn.Module, data, steps: int = 300, bs: int = 32, lr: float = 1e-3, seed: int = 0) -> list[float]:
-    "Train F as an identity classifier on `data` (random batches, flips); returns the losses."
+def pretrain_recognizer(Fnet: nn.Module, data, steps: int = 300, bs: int = 32, lr: float = 1e-3, seed: int = 0, view: float = 1.0) -> list[float]:
+    "Train F as an identity classifier on the face view of `data` (random batches, flips); returns the losses."
     dev = next(Fnet.parameters()).device
     flags = [p.requires_grad for p in Fnet.parameters()]        # F may be frozen for the GAN (Eq. 3): train it anyway, then restore
     Fnet.requires_grad_(True).train()
@@ -321,7 +328,7 @@ def pretrain_recognizer(Fnet: nn.Module, data, steps: int = 300, bs: int = 32, l
         items = [data[i] for i in idx]
         x = torch.stack([it['image'] for it in items]).to(dev); y = torch.stack([torch.as_tensor(it['identity']) for it in items]).to(dev)
         x = torch.where(torch.rand(bs, 1, 1, 1, generator=g).to(dev) < 0.5, x.flip(-1), x)
-        loss = id_classify_loss(Fnet.classify(x), y)
+        loss = id_classify_loss(Fnet.classify(face_view(x, view)), y)
         opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
     for p, f in zip(Fnet.parameters(), flags): p.requires_grad_(f)
     return losses
@@ -375,7 +382,7 @@ def train_password(cfg: PasswordConfig, out_dir, data='synth', steps: int = 2000
     cbs = [mets, ProgressCB(enabled=progress), SamplesCB(_sample_fn(ds, cfg.n_bits), every=sample_every, path=out, ncols=6),
            CheckpointCB(ckpt, every=ckpt_every, resume=resume)]
     learn = password_learner(cfg, ds, bs=bs, cbs=cbs, seed=seed, device=device, precision=precision)
-    f_losses = [] if (resume and ckpt.exists()) else pretrain_recognizer(learn.F, ds, f_pretrain_steps, seed=seed)
+    f_losses = [] if (resume and ckpt.exists()) else pretrain_recognizer(learn.F, ds, f_pretrain_steps, seed=seed, view=cfg.f_view)
     learn.fit(max_steps=steps)
     info = dict(steps=learn.global_step, seed=seed, bs=bs, precision=precision, data=str(data) if isinstance(data, str) else type(ds).__name__,
                 history=mets.history, f_pretrain_loss=f_losses[-20:])
@@ -496,12 +503,6 @@ def transformer_gflop(cfg: PasswordConfig) -> float:
     with FlopCounterMode(display=False) as fc, torch.no_grad(): T(torch.zeros(1, 3, cfg.size, cfg.size), torch.zeros(1, cfg.n_bits, dtype=torch.long))
     return fc.get_total_flops() / 1e9
 
-def _seconds(fn, repeats: int) -> float:
-    "Seconds per call of fn after one warm-up call."
-    fn(); t = time.perf_counter()
-    for _ in range(repeats): fn()
-    return (time.perf_counter() - t) / repeats
-
 def bench_password(size: int = 128, ngf: int = 64, n_bits: int = 16, batch_sizes=(1, 16), repeats: int = 3, train_bs: int = 8,
                    threads: int | None = 2, train: bool = True, precisions=('fp32', 'bf16')) -> list[dict]:
     "Official-style eager fp32 NCHW transformer against ours (BN folded, channels-last, inference mode, bf16): inference and fwd+bwd."
@@ -518,9 +519,7 @@ def bench_password(size: int = 128, ngf: int = 64, n_bits: int = 16, batch_sizes
             with torch.no_grad(): return T_off(x, p)
         def ours(prec):
             with torch.inference_mode(), torch.autocast('cpu', torch.bfloat16, enabled=prec == 'bf16'): return T_our(x_cl, p)
-        for name, fn in [('official-style fp32', official)] + [(f'ours {pr} folded channels-last', partial(ours, pr)) for pr in precisions]:
-            s = _seconds(fn, repeats)
-            rows.append(dict(impl=name, task='inference', batch=bs, ms_per_image=1000 * s / bs, images_per_s=bs / s, **common))
+        rows += impl_rows({'official-style fp32': official} | {f'ours {pr} folded channels-last': partial(ours, pr) for pr in precisions}, bs, repeats, **common)
     if train:
         x, p = torch.randn(train_bs, 3, size, size), random_bits(train_bs, n_bits)
         T_tr = Transformer(cfg).train()
@@ -529,7 +528,7 @@ def bench_password(size: int = 128, ngf: int = 64, n_bits: int = 16, batch_sizes
             with torch.autocast('cpu', torch.bfloat16, enabled=prec == 'bf16'): y = net(xx, p)
             y.float().mean().backward()
         for name, cl, prec in [('official-style fp32', False, 'fp32'), ('ours bf16 channels-last', True, 'bf16')]:
-            rows.append(dict(impl=name, task='forward+backward', batch=train_bs, s_per_step=_seconds(partial(step, cl, prec), max(1, repeats - 1)), **common))
+            rows.append(dict(impl=name, task='forward+backward', batch=train_bs, s_per_step=time_call(partial(step, cl, prec), max(1, repeats - 1))[0] / 1000, **common))
     return rows
 
 # %% ../../nbs/21_methods.password.ipynb #bde3376b
@@ -550,13 +549,14 @@ def add_train_args(p):
     p.add_argument('--pool-size', type=int, default=200, help=f'image pool per discriminator (official: {d.pool_size})')
     p.add_argument('--non-adversarial', action='store_true', help="the supplement's Eq. 3 ablation: F frozen")
     p.add_argument('--f-pretrain-steps', type=int, default=200, help="steps of F's identity pretraining before the GAN")
+    p.add_argument('--f-view', type=float, default=d.f_view, help=f"F sees the centre f_view of each side of the aligned crop, the face (default {d.f_view})")
     add_run_args(p, bs=8, ckpt_every=25, precision='fp32')        # paper batch 48; 8 for CPU
 
 def train_main(args) -> int:
     "Run `faceanon train password`; 0 on success, 2 on a usage error."
     try:
         cfg = PasswordConfig(n_bits=args.bits, size=args.size, ngf=args.ngf, ndf=args.ndf, d_scales=args.d_scales, nff=args.nff, recognizer=args.recognizer, n_ids=args.n_ids,
-                             lr=args.lr, pool_size=args.pool_size, adversarial_fr=not args.non_adversarial)
+                             lr=args.lr, pool_size=args.pool_size, adversarial_fr=not args.non_adversarial, f_view=args.f_view)
         learn = train_password(cfg, args.out, args.data, steps=args.steps, bs=args.bs, resume=args.resume, seed=args.seed, device=args.device,
                                precision=args.precision, progress=not args.no_progress, ckpt_every=args.ckpt_every, f_pretrain_steps=args.f_pretrain_steps)
     except (ValueError, FileNotFoundError, ImportError) as e:
