@@ -10,8 +10,8 @@ from torch import nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['Hook', 'cam_from', 'grad_cam', 'upsample_cam', 'heat_inside', 'distract', 'DistractionOut', 'Distraction',
-           'facenet_parts', 'facenet_distraction']
+__all__ = ['FACENET_STAGES', 'Hook', 'cam_from', 'grad_cam', 'upsample_cam', 'heat_inside', 'distract', 'DistractionOut',
+           'Distraction', 'facenet_parts', 'facenet_distraction']
 
 # %% ../nbs/11_gradcam.ipynb #bd548e35
 class Hook:
@@ -116,13 +116,22 @@ class Distraction(nn.Module):
         return DistractionOut(self.feature_head(A_hat), self.feature_head(A), A, A_hat, cam_from(A, G), logits, c)
 
 # %% ../nbs/11_gradcam.ipynb #248fd2fa
-def facenet_parts(net: nn.Module) -> tuple[nn.Module, nn.Module]:
-    "(layer, feature_head) of a facenet-pytorch InceptionResnetV1: block8 (A, 1792 x 3 x 3 at 160 px) and AvgPool+FC1."
-    return net.block8, nn.Sequential(net.avgpool_1a, nn.Flatten(), net.last_linear, net.last_bn)
+FACENET_STAGES = ('conv2d_1a', 'conv2d_2a', 'conv2d_2b', 'maxpool_3a', 'conv2d_3b', 'conv2d_4a', 'conv2d_4b',
+                  'repeat_1', 'mixed_6a', 'repeat_2', 'mixed_7a', 'repeat_3', 'block8')   # InceptionResnetV1's forward order
 
-def facenet_distraction(net: nn.Module,  # InceptionResnetV1(classify=True, ...)
-                        strength: float = 1.0, mode: str = 'spatial') -> Distraction:
-    "The attention-distraction layer on a facenet-pytorch InceptionResnetV1 classifier."
-    if not getattr(net, 'classify', False): raise ValueError("the distraction needs class scores: build InceptionResnetV1(classify=True, num_classes=K)")
-    layer, head = facenet_parts(net)
-    return Distraction(net, layer, head, strength, mode)
+def facenet_parts(net: nn.Module, layer: str = 'block8') -> tuple[nn.Module, nn.Module]:
+    "(module giving A, feature head A -> f) of a facenet-pytorch InceptionResnetV1: A = `layer` (block8: 1792 x 3 x 3 at 160 px); head = the later stages, AvgPool, FC1."
+    if layer not in FACENET_STAGES: raise ValueError(f"layer must be one of {FACENET_STAGES}, got {layer!r}")
+    rest = [getattr(net, s) for s in FACENET_STAGES[FACENET_STAGES.index(layer) + 1:]]
+    return getattr(net, layer), nn.Sequential(*rest, net.avgpool_1a, nn.Flatten(), net.last_linear, net.last_bn)
+
+def facenet_distraction(net: nn.Module,  # InceptionResnetV1
+                        strength: float = 1.0, mode: str = 'spatial', layer: str = 'block8',
+                        scores: nn.Module | None = None  # x -> class scores c; default: net itself, built with classify=True
+                        ) -> Distraction:
+    "The attention-distraction layer on a facenet-pytorch InceptionResnetV1 classifier, distracting the feature map of `layer`."
+    if scores is None:
+        if not getattr(net, 'classify', False): raise ValueError("the distraction needs class scores: build InceptionResnetV1(classify=True, num_classes=K) or pass scores")
+        scores = net
+    A, head = facenet_parts(net, layer)
+    return Distraction(scores, A, head, strength, mode)

@@ -19,12 +19,11 @@ from .data.synthetic import SynthFaces, synth_sample
 from .layers import ciagan_block
 
 # %% auto #0
-__all__ = ['FACENET_FILES', 'FACENET_MIN_SIZE', 'RECIPE_VERSION', 'FACENET_STAGES', 'FaceNet', 'facenet_checkpoint_dir',
-           'facenet_weights_path', 'load_facenet', 'cosine_distance', 'euclidean_distance', 'Recognizer',
-           'FaceNetRecognizer', 'FaceNetConfig', 'stack_faces', 'augment', 'train_facenet', 'identity_accuracy',
-           'calibrate_threshold', 'train_recognizer', 'save_recognizer', 'load_recognizer', 'recognizer_cache_path',
-           'cached_recognizer', 'facenet_cam_layer', 'facenet_distraction_synth', 'DlibRecognizer', 'SiameseConfig',
-           'SiameseNet', 'sample_pairs']
+__all__ = ['FACENET_FILES', 'FACENET_MIN_SIZE', 'RECIPE_VERSION', 'FaceNet', 'facenet_checkpoint_dir', 'facenet_weights_path',
+           'load_facenet', 'cosine_distance', 'euclidean_distance', 'Recognizer', 'FaceNetRecognizer', 'FaceNetConfig',
+           'stack_faces', 'augment', 'train_facenet', 'identity_accuracy', 'calibrate_threshold', 'train_recognizer',
+           'save_recognizer', 'load_recognizer', 'recognizer_cache_path', 'cached_recognizer', 'facenet_cam_layer',
+           'facenet_distraction_of', 'DlibRecognizer', 'SiameseConfig', 'SiameseNet', 'sample_pairs']
 
 # %% ../nbs/12_identity.ipynb #7b31a997
 FACENET_FILES = {'vggface2': '20180402-114759-vggface2.pt',        # published checkpoint names (facenet-pytorch v2.2.9)
@@ -266,9 +265,6 @@ def cached_recognizer(cfg: FaceNetConfig | None = None,  # default: FaceNetConfi
     return rec
 
 # %% ../nbs/12_identity.ipynb #76d3ac4e
-FACENET_STAGES = ('conv2d_1a', 'conv2d_2a', 'conv2d_2b', 'maxpool_3a', 'conv2d_3b', 'conv2d_4a', 'conv2d_4b',
-                  'repeat_1', 'mixed_6a', 'repeat_2', 'mixed_7a', 'repeat_3', 'block8')   # InceptionResnetV1's forward order
-
 def facenet_cam_layer(model: FaceNet) -> str:
     "Name of the last FaceNet stage with spatial extent (> 1 x 1) at model.input_size: 'block8' at 160 px, 'repeat_2' at 80 px."
     sides, p = {}, next(model.parameters())
@@ -282,15 +278,11 @@ def facenet_cam_layer(model: FaceNet) -> str:
         model.train(was)
     return next(n for n in ('block8', 'repeat_2', 'repeat_1') if sides[n] > 1)
 
-def facenet_distraction_synth(model: FaceNet, strength: float = 1.0, mode: str = 'spatial', layer: str | None = None):
-    "faceanon.gradcam.Distraction on a classifier FaceNet: A = `layer` (default facenet_cam_layer), feature head = the rest, up to the 512-D bottleneck."
-    from faceanon.gradcam import Distraction
+def facenet_distraction_of(model: FaceNet, strength: float = 1.0, mode: str = 'spatial', layer: str | None = None):
+    "`faceanon.gradcam.facenet_distraction` on a classifier FaceNet: A = `layer` (default facenet_cam_layer), c = model.classify."
+    from faceanon.gradcam import facenet_distraction
     if model.logits is None: raise ValueError("the distraction needs class scores: build FaceNet with num_classes")
-    layer = layer or facenet_cam_layer(model)
-    rest = FACENET_STAGES[FACENET_STAGES.index(layer) + 1:]
-    n = model.net
-    head = nn.Sequential(*[getattr(n, s) for s in rest], n.avgpool_1a, nn.Flatten(), n.dropout, n.last_linear, n.last_bn)
-    return Distraction(model.classify, getattr(n, layer), head, strength, mode)
+    return facenet_distraction(model.net, strength, mode, layer or facenet_cam_layer(model), scores=model.classify)
 
 # %% ../nbs/12_identity.ipynb #6f9fbb1a
 def _dlib_models():

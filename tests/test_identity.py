@@ -138,14 +138,14 @@ def test_dlib_adapter_on_astronaut():
 
 
 def test_cam_layer_and_distraction_head_reproduce_the_forward():
-    from faceanon.identity import facenet_cam_layer, facenet_distraction_synth
+    from faceanon.identity import facenet_cam_layer, facenet_distraction_of
     net = FaceNet(3, 80, blocks=(1, 1, 1)).eval()
     fct.test_eq(facenet_cam_layer(net), 'repeat_2')                     # block8 is 1x1 at 80 px
     fct.test_eq(facenet_cam_layer(FaceNet(3, 160, blocks=(1, 1, 1))), 'block8')
     x = torch.rand(3, 3, 64, 64) * 2 - 1
-    o = facenet_distraction_synth(net, strength=0.)(x, cls=torch.tensor([0, 1, 2]))
+    o = facenet_distraction_of(net, strength=0.)(x, cls=torch.tensor([0, 1, 2]))
     fct.test_close(o.f_hat, net.features(x).detach(), eps=1e-4)        # feature head = the rest of the network
     fct.test_eq(o.acts.shape, (3, 896, 3, 3))
-    o1 = facenet_distraction_synth(net, strength=1.)(x, cls=torch.tensor([0, 1, 2]))
+    o1 = facenet_distraction_of(net, strength=1.)(x, cls=torch.tensor([0, 1, 2]))
     assert (o1.acts_hat <= o1.acts.abs() + 1e-6).all() and not torch.equal(o1.f_hat, o1.f)
-    with pytest.raises(ValueError, match='class scores'): facenet_distraction_synth(FaceNet(None, 80, blocks=(1, 1, 1)))
+    with pytest.raises(ValueError, match='class scores'): facenet_distraction_of(FaceNet(None, 80, blocks=(1, 1, 1)))
