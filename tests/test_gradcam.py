@@ -129,6 +129,20 @@ def test_facenet_hook_shapes_at_160px():
     fct.test_fail(lambda: facenet_distraction(InceptionResnetV1()), contains='classify=True')
 
 
+def test_facenet_distraction_at_an_earlier_stage():
+    from facenet_pytorch import InceptionResnetV1
+    torch.manual_seed(0)
+    fn = InceptionResnetV1(classify=True, num_classes=5).eval()
+    x = torch.randn(2, 3, 160, 160)
+    A, head = facenet_parts(fn, 'repeat_2')
+    with torch.no_grad(), Hook(A, backward=False) as h: logits = fn(x)
+    fct.test_eq(h.activations.shape, (2, 896, 8, 8))                         # 17 x 17 -> mixed_6a -> 8 x 8 at 160 px
+    with torch.no_grad(): fct.test_close(fn.logits(head(h.activations)), logits, eps=1e-4)
+    o = facenet_distraction(fn, strength=0., layer='repeat_2', scores=fn)(x)
+    fct.test_close(o.f_hat, o.f); fct.test_eq(o.cam.shape, (2, 8, 8))
+    fct.test_fail(lambda: facenet_parts(fn, 'block9'), contains='layer must be one of')
+
+
 def test_heat_inside_shares():
     from faceanon.gradcam import heat_inside
     cam = torch.zeros(4, 3, 3); cam[0] = 1; cam[1, 1, 1] = 5; cam[3, 0, 0] = 1
