@@ -163,6 +163,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'faceanon/data/synthetic.py'),
                                          'faceanon.data.synthetic.render_face': ( 'nbs/data.synthetic.html#render_face',
                                                                                   'faceanon/data/synthetic.py'),
+                                         'faceanon.data.synthetic.restyle_hair': ( 'nbs/data.synthetic.html#restyle_hair',
+                                                                                   'faceanon/data/synthetic.py'),
                                          'faceanon.data.synthetic.synth_clip': ( 'nbs/data.synthetic.html#synth_clip',
                                                                                  'faceanon/data/synthetic.py'),
                                          'faceanon.data.synthetic.synth_sample': ( 'nbs/data.synthetic.html#synth_sample',

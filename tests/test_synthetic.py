@@ -87,3 +87,16 @@ def test_identity_is_learnable_beyond_colour():
     C = torch.stack([f(tr)[tr['identity'] == k].mean(0) for k in range(n)])
     colour = (torch.cdist(f(ho), C).argmin(1) == ho['identity']).float().mean().item()
     assert acc > .4 and acc > colour + .1, (acc, colour)      # chance is 0.1
+
+
+def test_hair_per_image_changes_hair_not_features():
+    from faceanon.data.synthetic import SynthConfig, synth_sample
+    hp = SynthConfig(hair_per_image=True)
+    feats = lambda s: np.isin(s['parsing'], (2, 3, 4, 5, 6))
+    hairs = set()
+    for i in range(6):
+        h, plain = synth_sample(2, i, 64, cfg=hp), synth_sample(2, i, 64)
+        np.testing.assert_array_equal(feats(h), feats(plain))                      # brows, eyes, nose, lips, mouth: same pixels
+        np.testing.assert_array_equal(synth_sample(2, i, 64, cfg=hp)['image'], h['image'])   # deterministic
+        hairs.add(tuple(h['image'][h['parsing'] == 7].mean(0).round(-1)) if (h['parsing'] == 7).any() else None)
+    assert len(hairs) >= 3                                                          # the hair differs from image to image

@@ -16,7 +16,7 @@ __all__ = ['PARSING_CLASSES', 'SKIN_LIGHT', 'SKIN_DARK', 'HAIR_COLOURS', 'IRIS_C
            'HAIR_BACK', 'SKIN', 'NOSE', 'NOSE_SHADOW', 'NOSTRIL', 'SCLERA', 'IRIS', 'PUPIL', 'LID', 'BROW', 'LIP',
            'MOUTH', 'TEETH', 'HAIR_FRONT', 'PART_CLASS', 'PART_SHADING', 'PARSING_COLOURS', 'FACE_CLASSES',
            'TEST_ID_OFFSET', 'SynthConfig', 'identity_params', 'image_params', 'face_shapes', 'render_face',
-           'background', 'face_box', 'compose', 'synth_sample', 'overlay_parsing', 'draw_landmarks',
+           'background', 'face_box', 'compose', 'restyle_hair', 'synth_sample', 'overlay_parsing', 'draw_landmarks',
            'landmark_agreement', 'SynthFaces', 'clip_params', 'synth_clip', 'synth_scene']
 
 # %% ../../nbs/01_data.synthetic.ipynb #35db1940
@@ -35,6 +35,7 @@ class SynthConfig:
     p_mouth_open: float = 0.35      # chance that the mouth is open
     p_eyes_closed: float = 0.1      # chance of a blink (eyes nearly closed)
     noise: float = 2.0              # std of pixel noise in uint8 levels
+    hair_per_image: bool = False    # redraw hair style, volume and colour for every image: identity lives in the face alone
 
 # %% ../../nbs/01_data.synthetic.ipynb #4a644b12
 SKIN_LIGHT, SKIN_DARK = np.array([241, 205, 180.]), np.array([92, 58, 40.])
@@ -335,12 +336,18 @@ def compose(p: dict, ex: dict, size: int, cfg: SynthConfig, noise_rng: np.random
     return dict(image=img.clip(0, 255).round().astype(np.uint8), identity=identity, landmarks=f['landmarks'], parsing=f['parsing'],
                 pose=f['pose'], box=face_box(f['landmarks']))
 
+def restyle_hair(p: dict, rng: np.random.Generator) -> dict:
+    "A copy of identity parameters p with hair style, volume and colour drawn afresh (same distributions as identity_params)."
+    return p | dict(hair_style=int(rng.integers(0, 4)), hair_vol=_u(rng, .06, .2),
+                    hair=np.clip(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))] * _u(rng, .8, 1.2), 0, 255))
+
 def synth_sample(identity: int, index: int, size: int = 64, seed: int = 0, cfg: SynthConfig | None = None) -> dict:
     "One SynthFaces sample, deterministic in (seed, identity, index)."
     cfg = cfg or SynthConfig()
     if not 8 <= size <= 1024: raise ValueError(f"size must be in [8, 1024] pixels, got {size}")
-    ex = image_params(np.random.default_rng([seed, 1, identity, index]), cfg)
-    return compose(identity_params(identity, seed), ex, size, cfg, np.random.default_rng([seed, 2, identity, index]), identity)
+    ex, p = image_params(np.random.default_rng([seed, 1, identity, index]), cfg), identity_params(identity, seed)
+    if cfg.hair_per_image: p = restyle_hair(p, np.random.default_rng([seed, 3, identity, index]))
+    return compose(p, ex, size, cfg, np.random.default_rng([seed, 2, identity, index]), identity)
 
 # %% ../../nbs/01_data.synthetic.ipynb #952aabf7
 PARSING_COLOURS = np.array([[0, 0, 0], [230, 180, 140], [120, 60, 20], [40, 120, 255], [255, 200, 0], [220, 30, 60], [90, 0, 120], [60, 200, 60]], np.uint8)
