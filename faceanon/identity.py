@@ -5,7 +5,7 @@
 # %% ../nbs/12_identity.ipynb #25ee8660
 from __future__ import annotations
 import hashlib, json, os
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,15 +15,16 @@ from facenet_pytorch import InceptionResnetV1
 from safetensors.torch import save as st_save, load as st_load
 from .core import set_seed, to_image, atomic_write
 from .data.photos import cache_dir
-from .data.synthetic import SynthFaces, synth_sample
+from .data.synthetic import SynthFaces, SynthConfig, synth_sample, FACE_CLASSES
 from .layers import ciagan_block
 
 # %% auto #0
 __all__ = ['FACENET_FILES', 'FACENET_MIN_SIZE', 'RECIPE_VERSION', 'FaceNet', 'facenet_checkpoint_dir', 'facenet_weights_path',
            'load_facenet', 'cosine_distance', 'euclidean_distance', 'Recognizer', 'FaceNetRecognizer', 'FaceNetConfig',
-           'stack_faces', 'augment', 'train_facenet', 'identity_accuracy', 'calibrate_threshold', 'train_recognizer',
-           'save_recognizer', 'load_recognizer', 'recognizer_cache_path', 'cached_recognizer', 'facenet_cam_layer',
-           'facenet_distraction_of', 'DlibRecognizer', 'SiameseConfig', 'SiameseNet', 'sample_pairs']
+           'stack_faces', 'crop_boxes', 'synth_face_data', 'augment', 'train_facenet', 'identity_accuracy',
+           'calibrate_threshold', 'train_recognizer', 'save_recognizer', 'load_recognizer', 'recognizer_cache_path',
+           'cached_recognizer', 'facenet_cam_layer', 'facenet_distraction_of', 'DlibRecognizer', 'SiameseConfig',
+           'SiameseNet', 'sample_pairs']
 
 # %% ../nbs/12_identity.ipynb #7b31a997
 FACENET_FILES = {'vggface2': '20180402-114759-vggface2.pt',        # published checkpoint names (facenet-pytorch v2.2.9)
@@ -144,12 +145,35 @@ class FaceNetConfig:
     shift: int = 4               # random translation, in pixels at img_size
     seed: int = 0                # torch seed: initialisation, batches, augmentation
     data_seed: int = 0           # SynthFaces seed
+    crop: float | None = None    # None: whole frames; m: square face crops (the face box's longer side x (1 + m)) resized to input_size
+    hair_per_image: bool = False # SynthConfig(hair_per_image=True): hair changes per image, so it is no identity cue
 
 # %% ../nbs/12_identity.ipynb #77cee251
 def stack_faces(ds) -> tuple[torch.Tensor, torch.Tensor]:
     "All images (N, 3, H, W) and identities (N,) of a SynthFaces-like dataset."
     items = [ds[i] for i in range(len(ds))]
     return torch.stack([it['image'] for it in items]), torch.as_tensor([int(it['identity']) for it in items])
+
+def crop_boxes(x: torch.Tensor,  # (B, C, H, W)
+               boxes: torch.Tensor,  # (B, 4) x0, y0, x1, y1 in pixels
+               margin: float = 0., size: int | None = None, mode: str = 'bilinear') -> torch.Tensor:
+    "Square crops (B, C, size, size) centred on the boxes, side = the box's longer side x (1 + margin); edge pixels repeat outside x."
+    B, C, H, W = x.shape
+    b = boxes.to(x.device, torch.float32)
+    c, side = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]).amax(1) * (1 + margin)
+    theta = torch.zeros(B, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = side / W, side / H
+    theta[:, 0, 2], theta[:, 1, 2] = c[:, 0] * 2 / W - 1, c[:, 1] * 2 / H - 1
+    grid = F.affine_grid(theta, (B, C, size or H, size or W), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode=mode, padding_mode='border', align_corners=False)
+
+def synth_face_data(cfg: FaceNetConfig, split: str = 'train') -> dict:
+    "SynthFaces for cfg: image (N, 3, S, S), identity (N,), face mask (N, S, S); whole frames, or face crops when cfg.crop is set."
+    d = SynthFaces(cfg.n_ids, cfg.per_id, cfg.img_size, split, cfg.data_seed, cfg=SynthConfig(hair_per_image=cfg.hair_per_image)).stacked()
+    face = torch.isin(d['parsing'], torch.tensor(FACE_CLASSES))
+    if cfg.crop is None: return dict(image=d['image'], identity=d['identity'], face=face)
+    return dict(image=crop_boxes(d['image'], d['box'], cfg.crop, cfg.input_size), identity=d['identity'],
+                face=crop_boxes(face[:, None].float(), d['box'], cfg.crop, cfg.input_size, 'nearest')[:, 0].bool())
 
 def augment(x: torch.Tensor, flip: bool = True, shift: int = 0, generator=None) -> torch.Tensor:
     "Random horizontal flips and translations (reflect-padded) of a batch (B, 3, H, W)."
@@ -167,7 +191,7 @@ def augment(x: torch.Tensor, flip: bool = True, shift: int = 0, generator=None) 
 def train_facenet(cfg: FaceNetConfig, progress: bool = False) -> tuple[FaceNet, list[float]]:
     "Train FaceNet as a SynthFaces identity classifier on CPU; returns the model and the mean loss per epoch."
     set_seed(cfg.seed)
-    xs, ys = stack_faces(SynthFaces(cfg.n_ids, cfg.per_id, cfg.img_size, 'train', cfg.data_seed))
+    d = synth_face_data(cfg, 'train'); xs, ys = d['image'], d['identity']
     model = FaceNet(cfg.n_ids, cfg.input_size, cfg.dropout, cfg.blocks).train()
     opt = torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
     n_batches = -(-len(xs) // cfg.batch_size)
@@ -213,7 +237,7 @@ def train_recognizer(cfg: FaceNetConfig | None = None, progress: bool = False) -
     "Train FaceNet on SynthFaces, calibrate a cosine threshold on held-out images; numbers in `.info`."
     cfg = cfg or FaceNetConfig()
     model, losses = train_facenet(cfg, progress)
-    xh, yh = stack_faces(SynthFaces(cfg.n_ids, cfg.per_id, cfg.img_size, 'heldout', cfg.data_seed))
+    d = synth_face_data(cfg, 'heldout'); xh, yh = d['image'], d['identity']
     rec = FaceNetRecognizer(model, name='facenet-synth')
     t, bal = calibrate_threshold(rec.embed(xh), yh)
     rec.threshold = t
@@ -242,16 +266,19 @@ def load_recognizer(path, device='cpu') -> FaceNetRecognizer:
     return FaceNetRecognizer(model.to(device), float(meta['threshold']), meta['name'], info=json.loads(meta['info']))
 
 # %% ../nbs/12_identity.ipynb #5afe2d2d
+_LATER_FIELDS = dict(crop=None, hair_per_image=False)   # config fields added after recognizers were cached: in the key only when set
+
 def _synth_fingerprint(cfg: FaceNetConfig) -> str:
     "A hash of a few SynthFaces renders: changes when the data generator changes."
     h = hashlib.sha1()
-    for i in (0, cfg.n_ids - 1): h.update(synth_sample(i, 0, size=cfg.img_size, seed=cfg.data_seed)['image'].tobytes())
+    for i in (0, cfg.n_ids - 1): h.update(synth_sample(i, 0, size=cfg.img_size, seed=cfg.data_seed, cfg=SynthConfig(hair_per_image=cfg.hair_per_image))['image'].tobytes())
     return h.hexdigest()[:8]
 
 def recognizer_cache_path(cfg: FaceNetConfig | None = None, cache: str | Path | None = None) -> Path:
     "Where `cached_recognizer` keeps the recognizer trained with `cfg`."
     cfg = cfg or FaceNetConfig()
-    key = json.dumps(dict(asdict(cfg), recipe=RECIPE_VERSION, data=_synth_fingerprint(cfg)), sort_keys=True)
+    fields = {k: v for k, v in asdict(cfg).items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+    key = json.dumps(dict(fields, recipe=RECIPE_VERSION, data=_synth_fingerprint(cfg)), sort_keys=True)
     return Path(cache or cache_dir()) / f"facenet-synth-{hashlib.sha1(key.encode()).hexdigest()[:10]}.safetensors"
 
 def cached_recognizer(cfg: FaceNetConfig | None = None,  # default: FaceNetConfig() (100 ids, 80 px)

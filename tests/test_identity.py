@@ -149,3 +149,18 @@ def test_cam_layer_and_distraction_head_reproduce_the_forward():
     o1 = facenet_distraction_of(net, strength=1.)(x, cls=torch.tensor([0, 1, 2]))
     assert (o1.acts_hat <= o1.acts.abs() + 1e-6).all() and not torch.equal(o1.f_hat, o1.f)
     with pytest.raises(ValueError, match='class scores'): facenet_distraction_of(FaceNet(None, 80, blocks=(1, 1, 1)))
+
+
+def test_face_crops_for_facenet():
+    from faceanon.identity import FaceNetConfig, synth_face_data, crop_boxes, recognizer_cache_path
+    crops = synth_face_data(FaceNetConfig(n_ids=3, per_id=2, img_size=128, crop=0., hair_per_image=True))
+    frames = synth_face_data(FaceNetConfig(n_ids=3, per_id=2))
+    fct.test_eq(crops['image'].shape, (6, 3, 80, 80)); fct.test_eq(crops['face'].shape, (6, 80, 80))
+    assert crops['face'].float().mean() > 0.5 and frames['face'].float().mean() < 0.3   # the face fills the crop
+    x = frames['image']
+    fct.test_close(crop_boxes(x, torch.tensor([[0., 0., 64., 64.]]).expand(6, 4)), x, eps=1e-4)        # whole-image box: the image
+    half = crop_boxes(x, torch.tensor([[16., 16., 48., 48.]]).expand(6, 4), size=32)
+    fct.test_close(half, x[..., 16:48, 16:48], eps=1e-4)                                                  # a box at scale 1: a plain slice
+    # configs cached before `crop` and `hair_per_image` existed keep their cache file
+    fct.test_eq(recognizer_cache_path(FaceNetConfig(), '/c'), recognizer_cache_path(FaceNetConfig(crop=None, hair_per_image=False), '/c'))
+    assert recognizer_cache_path(FaceNetConfig(crop=0.), '/c') != recognizer_cache_path(FaceNetConfig(), '/c')
