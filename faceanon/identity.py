@@ -5,7 +5,7 @@
 # %% ../nbs/12_identity.ipynb #25ee8660
 from __future__ import annotations
 import hashlib, json, os
-from dataclasses import dataclass, asdict, field, replace
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import numpy as np
 import torch
