@@ -93,10 +93,10 @@ def test_hair_per_image_changes_hair_not_features():
     from faceanon.data.synthetic import SynthConfig, synth_sample
     hp = SynthConfig(hair_per_image=True)
     feats = lambda s: np.isin(s['parsing'], (2, 3, 4, 5, 6))
-    hairs = set()
+    changed = 0
     for i in range(6):
         h, plain = synth_sample(2, i, 64, cfg=hp), synth_sample(2, i, 64)
         np.testing.assert_array_equal(feats(h), feats(plain))                      # brows, eyes, nose, lips, mouth: same pixels
         np.testing.assert_array_equal(synth_sample(2, i, 64, cfg=hp)['image'], h['image'])   # deterministic
-        hairs.add(tuple(h['image'][h['parsing'] == 7].mean(0).round(-1)) if (h['parsing'] == 7).any() else None)
-    assert len(hairs) >= 3                                                          # the hair differs from image to image
+        changed += bool((h['image'] != plain['image']).any())
+    assert changed >= 5                                                             # new hair in (nearly) every image
