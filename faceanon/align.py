@@ -12,8 +12,8 @@ from .detect import Face
 
 # %% auto #0
 __all__ = ['TEMPLATE5', 'BOX_LANDMARKS5', 'template5', 'similarity_transform', 'invert_affine', 'apply_affine', 'face_landmarks5',
-           'warp_affine', 'AlignedFace', 'landmark_regions', 'ellipse_mask', 'align_face', 'feather_mask',
-           'match_color', 'warped_alpha', 'paste_back']
+           'warp_affine', 'invert_affines', 'warp_crops', 'AlignedFace', 'landmark_regions', 'ellipse_mask',
+           'align_face', 'feather_mask', 'match_color', 'warped_alpha', 'paste_back']
 
 # %% ../nbs/02a_align.ipynb #d6602fdd
 TEMPLATE5 = np.array([[0.38, 0.40], [0.62, 0.40], [0.50, 0.535], [0.40, 0.68], [0.60, 0.68]], np.float32)  # unit crop
@@ -83,6 +83,20 @@ def warp_affine(src: np.ndarray, M: np.ndarray, size: tuple, origin=(0, 0), # to
     g = torch.from_numpy(p / [max(ws - 1, 1), max(hs - 1, 1)] * 2 - 1).float()[None]
     out = F.grid_sample(t, g, mode='bilinear', padding_mode=padding, align_corners=True)[0].permute(1, 2, 0).numpy()
     return out[..., 0] if squeeze else out
+
+# %% ../nbs/02a_align.ipynb #9bdd7bcc
+def invert_affines(M: torch.Tensor) -> torch.Tensor:
+    "Inverse of affines (B, 2, 3)."
+    return torch.cat([M, torch.tensor([0., 0., 1.], device=M.device, dtype=M.dtype).expand(len(M), 1, 3)], 1).inverse()[:, :2]
+
+def warp_crops(x: torch.Tensor, M: torch.Tensor, size: int, mode: str = 'bilinear') -> torch.Tensor:
+    "Warp images (B, C, H, W) by affines M (B, 2, 3) (pixel coords, input -> output) onto (B, C, size, size)."
+    B, _, H, W = x.shape
+    ys, xs = torch.meshgrid(*[torch.arange(size, device=x.device, dtype=torch.float32)] * 2, indexing='ij')
+    p = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)                  # output pixel centres
+    q = p @ invert_affines(M.float()).transpose(1, 2)                                   # (B, S*S, 2) input px
+    grid = torch.stack([(2 * q[..., 0] + 1) / W - 1, (2 * q[..., 1] + 1) / H - 1], -1).view(B, size, size, 2)
+    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode='border', align_corners=False)
 
 # %% ../nbs/02a_align.ipynb #966f2775
 @dataclass

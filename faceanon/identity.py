@@ -17,6 +17,7 @@ from .core import set_seed, to_image, atomic_write
 from .data.photos import cache_dir
 from .data.synthetic import SynthFaces, SynthConfig, synth_sample, FACE_CLASSES
 from .layers import ciagan_block
+from .align import warp_crops
 
 # %% auto #0
 __all__ = ['FACENET_FILES', 'FACENET_MIN_SIZE', 'RECIPE_VERSION', 'FaceNet', 'facenet_checkpoint_dir', 'facenet_weights_path',
@@ -158,14 +159,12 @@ def crop_boxes(x: torch.Tensor,  # (B, C, H, W)
                boxes: torch.Tensor,  # (B, 4) x0, y0, x1, y1 in pixels
                margin: float = 0., size: int | None = None, mode: str = 'bilinear') -> torch.Tensor:
     "Square crops (B, C, size, size) centred on the boxes, side = the box's longer side x (1 + margin); edge pixels repeat outside x."
-    B, C, H, W = x.shape
-    b = boxes.to(x.device, torch.float32)
-    c, side = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]).amax(1) * (1 + margin)
-    theta = torch.zeros(B, 2, 3, device=x.device)
-    theta[:, 0, 0], theta[:, 1, 1] = side / W, side / H
-    theta[:, 0, 2], theta[:, 1, 2] = c[:, 0] * 2 / W - 1, c[:, 1] * 2 / H - 1
-    grid = F.affine_grid(theta, (B, C, size or H, size or W), align_corners=False)
-    return F.grid_sample(x.float(), grid, mode=mode, padding_mode='border', align_corners=False)
+    S, b = size or x.shape[-1], boxes.to(x.device, torch.float32)
+    c, s = (b[:, :2] + b[:, 2:]) / 2, S / ((b[:, 2:] - b[:, :2]).amax(1) * (1 + margin))      # box centre (px edges), output px per input px
+    M = torch.zeros(len(b), 2, 3, device=x.device)
+    M[:, 0, 0] = M[:, 1, 1] = s
+    M[:, :, 2] = (0.5 - c) * s[:, None] + (S - 1) / 2                                          # the centre lands mid-crop
+    return warp_crops(x.float(), M, S, mode)
 
 def synth_face_data(cfg: FaceNetConfig, split: str = 'train') -> dict:
     "SynthFaces for cfg: image (N, 3, S, S), identity (N,), face mask (N, S, S); whole frames, or face crops when cfg.crop is set."

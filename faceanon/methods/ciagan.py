@@ -15,6 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from ..core import set_seed, to_image, impl_rows
+from ..align import warp_crops, invert_affines
 from ..layers import ciagan_block, conv2d, act_layer, norm_layer
 from ..losses import gan_losses, contrastive_loss, recon_loss
 from ..learner import Learner, Phase, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, save_checkpoint, load_checkpoint, add_run_args
@@ -27,9 +28,9 @@ __all__ = ['JAW', 'NOSE_BRIDGE', 'INNER_LIPS', 'LANDMARK_LINES', 'TABLE2', 'TABL
            'fake_batch', 'critic_input', 'siamese_loss', 'generator_loss', 'critic_loss', 'ciagan_phases',
            'ciagan_models', 'ciagan_learner', 'save_generator', 'load_generator', 'ciagan_data', 'train_ciagan',
            'export_generator', 'similarity_to_template', 'read_celeba_lists', 'landmarks68_from5', 'align_to_template',
-           'celeba_arrays', 'write_celeba_fixture', 'warp_crops', 'anonymize_crops', 'default_weights', 'CiaganMethod',
-           'pose_error', 'eval_recognizer', 'evaluate_ciagan', 'anonymize_as', 'prepare_for_inference',
-           'generator_gflop', 'bench_ciagan', 'add_train_args', 'train_main']
+           'celeba_arrays', 'write_celeba_fixture', 'anonymize_crops', 'default_weights', 'CiaganMethod', 'pose_error',
+           'eval_recognizer', 'evaluate_ciagan', 'anonymize_as', 'prepare_for_inference', 'generator_gflop',
+           'bench_ciagan', 'add_train_args', 'train_main']
 
 # %% ../../nbs/20_methods.ciagan.ipynb #bf49470f
 @dataclass
@@ -453,19 +454,6 @@ def write_celeba_fixture(root, n_ids: int = 3, per_id: int = 4, seed: int = 0) -
     return root
 
 # %% ../../nbs/20_methods.ciagan.ipynb #c56f427d
-def _invert(M: torch.Tensor) -> torch.Tensor:
-    "Inverse of affines (B, 2, 3)."
-    return torch.cat([M, torch.tensor([0., 0., 1.], device=M.device).expand(len(M), 1, 3)], 1).inverse()[:, :2]
-
-def warp_crops(x: torch.Tensor, M: torch.Tensor, size: int) -> torch.Tensor:
-    "Warp images (B, C, H, W) by affines M (B, 2, 3) (pixel coords, input -> output) onto (B, C, size, size), bilinear."
-    B, _, H, W = x.shape
-    ys, xs = torch.meshgrid(*[torch.arange(size, device=x.device, dtype=torch.float32)] * 2, indexing='ij')
-    p = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)                  # output pixel centres
-    q = p @ _invert(M).transpose(1, 2)                                                  # (B, S*S, 2) input px
-    grid = torch.stack([(2 * q[..., 0] + 1) / W - 1, (2 * q[..., 1] + 1) / H - 1], -1).view(B, size, size, 2)
-    return F.grid_sample(x, grid.to(x.dtype), mode='bilinear', padding_mode='border', align_corners=False)
-
 @torch.inference_mode()
 def anonymize_crops(G: CiaganGenerator, images: torch.Tensor, landmarks: torch.Tensor, control: torch.Tensor, realign: bool = True) -> torch.Tensor:
     "Crops (B, 3, S, S) with 68 landmarks (B, 68, 2) -> CIAGAN faces as `control` ((B,) ids or (B, N) mixes), composited in the crop."
@@ -476,7 +464,7 @@ def anonymize_crops(G: CiaganGenerator, images: torch.Tensor, landmarks: torch.T
         x, lm = warp_crops(images, M, s), landmarks @ M[:, :, :2].transpose(1, 2) + M[:, None, :, 2]
     else: x, lm = images, landmarks
     gen = G(generator_input(x, landmark_image(lm, s, G.cfg.line_width).to(x), face_mask(lm, s).to(x)), control).clamp(-1, 1)
-    if warp: gen = warp_crops(gen, _invert(M), S)
+    if warp: gen = warp_crops(gen, invert_affines(M), S)
     return composite(gen, images, face_mask(landmarks, S).to(images))
 
 def _crop_landmarks68(batch: FaceBatch) -> torch.Tensor:
