@@ -21,14 +21,14 @@ from .base import AnonMethod, FaceBatch, register_method
 
 # %% auto #0
 __all__ = ['PASSWORD_SALT', 'PBKDF2_ITERATIONS', 'IMAGE_EXTS', 'PasswordConfig', 'inverse', 'random_bits', 'random_other',
-           'password_planes', 'passphrase_bits', 'int_bits', 'bits_int', 'as_bits', 'Transformer', 'PasswordQ',
-           'SmallRecognizer', 'build_recognizer', 'face_view', 'recognizer_outputs', 'password_discriminators',
-           'ImagePool', 'PoolsCB', 'password_outputs', 'password_g_loss', 'password_d_loss', 'password_learner',
-           'FaceTensors', 'synth_faces', 'IdentityFolders', 'password_data', 'pretrain_recognizer', 'fig4_images',
-           'fixed_passwords', 'save_transformer', 'load_transformer', 'train_password', 'password_anonymize', 'recover',
-           'default_weights', 'PasswordMethod', 'q_chunk_accuracy', 'evaluate_password', 'brute_force',
-           'fold_batchnorm', 'prepare_for_inference', 'transformer_gflop', 'bench_password', 'add_train_args',
-           'train_main', 'password_panel']
+           'password_planes', 'passphrase_bits', 'int_bits', 'bits_int', 'as_bits', 'Transformer', 'transformer_gflop',
+           'PasswordQ', 'SmallRecognizer', 'build_recognizer', 'face_view', 'recognizer_outputs',
+           'password_discriminators', 'ImagePool', 'PoolsCB', 'password_outputs', 'password_g_loss', 'password_d_loss',
+           'password_learner', 'FaceTensors', 'synth_faces', 'IdentityFolders', 'password_data', 'pretrain_recognizer',
+           'fig4_images', 'fixed_passwords', 'save_transformer', 'load_transformer', 'train_password',
+           'password_anonymize', 'recover', 'default_weights', 'PasswordMethod', 'q_chunk_accuracy',
+           'evaluate_password', 'brute_force', 'fold_batchnorm', 'prepare_for_inference', 'bench_password',
+           'add_train_args', 'train_main', 'password_panel']
 
 # %% ../../nbs/21_methods.password.ipynb #654e2448
 @dataclass
@@ -38,7 +38,7 @@ class PasswordConfig:
     size: int = 128                # crop side in px (paper: 128); 64 on CPU
     ngf: int = 64                  # T's first-layer width (CycleGAN/official: 64)
     n_blocks: int = 9              # residual blocks of T (supplement §1: the 9-block ResNet generator)
-    n_down: int = 2                # stride-2 downsamplings in T (official: 2)
+    n_down: int = 2                # stride-2 downsamplings in T (official: 2 at 128 px; 1 at 64 px keeps its 32x32 bottleneck)
     ndf: int = 64                  # D's and Q's first-layer width (official: 64)
     n_layers_d: int = 3            # PatchGAN layers of D and of Q's trunk (official: 3)
     d_scales: int = 2              # scales of each discriminator (official 'multiscale_separated': 2)
@@ -138,6 +138,13 @@ class Transformer(nn.Module):
         if bits.shape != (x.shape[0], self.cfg.n_bits): raise ValueError(f"expected passwords of shape ({x.shape[0]}, {self.cfg.n_bits}), got {tuple(bits.shape)}")
         planes = password_planes(bits, x.shape[-1], self.cfg.bit_value).to(x)
         return self.net(torch.cat([x, planes], 1))
+
+def transformer_gflop(cfg: PasswordConfig) -> float:
+    "GFLOP (2 x multiply-adds) of one T forward at cfg.size."
+    from torch.utils.flop_counter import FlopCounterMode
+    T = Transformer(cfg).eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad(): T(torch.zeros(1, 3, cfg.size, cfg.size), torch.zeros(1, cfg.n_bits, dtype=torch.long))
+    return fc.get_total_flops() / 1e9
 
 # %% ../../nbs/21_methods.password.ipynb #e87b629f
 class PasswordQ(nn.Module):
@@ -496,13 +503,6 @@ def prepare_for_inference(T: Transformer) -> Transformer:
     T = fold_batchnorm(copy.deepcopy(T).eval().requires_grad_(False))
     return T.to(memory_format=torch.channels_last)
 
-def transformer_gflop(cfg: PasswordConfig) -> float:
-    "GFLOP (2 x multiply-adds) of one T forward at cfg.size."
-    from torch.utils.flop_counter import FlopCounterMode
-    T = Transformer(cfg).eval()
-    with FlopCounterMode(display=False) as fc, torch.no_grad(): T(torch.zeros(1, 3, cfg.size, cfg.size), torch.zeros(1, cfg.n_bits, dtype=torch.long))
-    return fc.get_total_flops() / 1e9
-
 def bench_password(size: int = 128, ngf: int = 64, n_bits: int = 16, batch_sizes=(1, 16), repeats: int = 3, train_bs: int = 8,
                    threads: int | None = 2, train: bool = True, precisions=('fp32', 'bf16')) -> list[dict]:
     "Official-style eager fp32 NCHW transformer against ours (BN folded, channels-last, inference mode, bf16): inference and fwd+bwd."
@@ -540,6 +540,7 @@ def add_train_args(p):
     p.add_argument('--size', type=int, default=64, help=f'crop size in px (paper: {d.size}; 64 for CPU)')
     p.add_argument('--bits', type=int, default=16, help='password length N, a multiple of 4 (paper: 16)')
     p.add_argument('--ngf', type=int, default=8, help=f'transformer width (paper: {d.ngf}; 8 for CPU)')
+    p.add_argument('--n-down', type=int, default=d.n_down, help=f"transformer downsamplings (paper: {d.n_down} at 128 px; 1 at 64 px keeps its 32x32 bottleneck)")
     p.add_argument('--ndf', type=int, default=16, help=f'discriminator / Q width (paper: {d.ndf})')
     p.add_argument('--d-scales', type=int, default=2, help=f'scales per discriminator (official: {d.d_scales}; 1 below 64 px)')
     p.add_argument('--nff', type=int, default=16, help='width of the small recognizer F')
@@ -555,7 +556,7 @@ def add_train_args(p):
 def train_main(args) -> int:
     "Run `faceanon train password`; 0 on success, 2 on a usage error."
     try:
-        cfg = PasswordConfig(n_bits=args.bits, size=args.size, ngf=args.ngf, ndf=args.ndf, d_scales=args.d_scales, nff=args.nff, recognizer=args.recognizer, n_ids=args.n_ids,
+        cfg = PasswordConfig(n_bits=args.bits, size=args.size, ngf=args.ngf, n_down=args.n_down, ndf=args.ndf, d_scales=args.d_scales, nff=args.nff, recognizer=args.recognizer, n_ids=args.n_ids,
                              lr=args.lr, pool_size=args.pool_size, adversarial_fr=not args.non_adversarial, f_view=args.f_view)
         learn = train_password(cfg, args.out, args.data, steps=args.steps, bs=args.bs, resume=args.resume, seed=args.seed, device=args.device,
                                precision=args.precision, progress=not args.no_progress, ckpt_every=args.ckpt_every, f_pretrain_steps=args.f_pretrain_steps)
