@@ -22,7 +22,7 @@ from .core import atomic_write, get_device, image_grid, save_image, set_seed
 __all__ = ['CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelStepException', 'Callback', 'run_cbs',
            'Phase', 'ShardedBatchSampler', 'to_device', 'Learner', 'rng_state', 'set_rng_state', 'SingleBatchCB',
            'MetricsCB', 'ProgressCB', 'EMACB', 'SamplesCB', 'save_checkpoint', 'load_checkpoint', 'CheckpointCB',
-           'init_distributed', 'DistributedCB', 'add_run_args']
+           'LRDropCB', 'init_distributed', 'DistributedCB', 'add_run_args']
 
 # %% ../nbs/16_learner.ipynb #209593e1
 class CancelFitException(Exception):
@@ -450,6 +450,19 @@ class CheckpointCB(Callback):
     def after_batch(self, learn):
         if self.every and learn.global_step % self.every == 0: learn.save(self.path)
     def after_fit(self, learn): learn.save(self.path)
+
+# %% ../nbs/16_learner.ipynb #443cff1a
+class LRDropCB(Callback):
+    "Multiply every learning rate by `gamma` at each step in `at` (a step schedule, resumable: lr depends on the step only)."
+    order = 60
+    def __init__(self, at: Sequence[int] = (), gamma: float = 0.1): self.at, self.gamma = sorted(at), gamma
+    def before_fit(self, learn):
+        for ph in learn.phases:
+            for g in ph.opt.param_groups: g.setdefault('initial_lr', g['lr'])
+    def before_batch(self, learn):
+        k = sum(learn.iter >= s for s in self.at)           # iter: steps done before this batch
+        for ph in learn.phases:
+            for g in ph.opt.param_groups: g['lr'] = g['initial_lr'] * self.gamma ** k
 
 # %% ../nbs/16_learner.ipynb #5303f552
 def init_distributed(device='auto') -> tuple[int, int, torch.device]:

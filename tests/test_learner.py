@@ -7,7 +7,7 @@ import torch
 import fastcore.test as fct
 sys.path.insert(0, str(Path(__file__).parent))
 from learner_ddp_job import make, main, Points
-from faceanon.learner import (Callback, CancelFitException, CheckpointCB, EMACB, Learner, MetricsCB, Phase, ProgressCB, SamplesCB,
+from faceanon.learner import (Callback, CancelFitException, CheckpointCB, EMACB, Learner, LRDropCB, MetricsCB, Phase, ProgressCB, SamplesCB,
                               SingleBatchCB, load_checkpoint, save_checkpoint)
 
 REPO = Path(__file__).parents[1]
@@ -107,6 +107,24 @@ def test_resume_is_bit_identical(tmp_path):
         for s, t in zip(a.opt.state_dict()['state'].values(), b.opt.state_dict()['state'].values()): fct.test_eq(s['exp_avg_sq'], t['exp_avg_sq'])
     fct.test_eq(resumed.cbs[1].history, full.cbs[1].history)
     fct.test_eq((resumed.epoch, resumed.epoch_step, resumed.global_step), (2, 4, 16))
+
+class LRSpy(Callback):
+    "Record phase D's learning rate before each batch (after LRDropCB, order 60)."
+    order = 70
+    def __init__(self): self.lrs = []
+    def before_batch(self, l): self.lrs.append(l.phases[0].opt.param_groups[0]['lr'])
+
+def test_lr_drop_schedule_and_resume(tmp_path):
+    "Drops at steps 3 and 6 multiply lr by 0.1 each; a run stopped at 4 and resumed matches one that never stopped."
+    full = make(cbs=[LRDropCB(at=(3, 6)), spy := LRSpy()]).fit(max_steps=8)
+    fct.test_close(torch.tensor(spy.lrs), torch.tensor([3e-3] * 3 + [3e-4] * 3 + [3e-5] * 2))
+    ck = tmp_path / 'run.safetensors'
+    make(cbs=[LRDropCB(at=(3, 6)), CheckpointCB(ck)]).fit(max_steps=4)
+    resumed = make(seed=5, cbs=[LRDropCB(at=(3, 6)), CheckpointCB(ck, resume=True), spy2 := LRSpy()]).fit(max_steps=8)
+    fct.test_close(torch.tensor(spy2.lrs), torch.tensor(spy.lrs[4:]))
+    for k, v in full.models.state_dict().items(): fct.test_eq(resumed.models.state_dict()[k], v)
+    plain = make().fit(max_steps=8)
+    assert not torch.equal(plain.G.net[0].weight, full.G.net[0].weight)      # the drop changed training
 
 def test_checkpoint_format_and_atomicity(tmp_path, monkeypatch):
     learn = make(); learn.fit(max_steps=2); p = learn.save(tmp_path / 'a.safetensors')

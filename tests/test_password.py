@@ -214,10 +214,12 @@ def test_train_main(tmp_path):
     p = argparse.ArgumentParser(); pw.add_train_args(p)
     argv = ['--data', f'lfw:{tmp_path / "lfw"}', '--size', '32', '--bits', '8', '--ngf', '4', '--ndf', '8', '--d-scales', '1', '--nff', '8',
             '--n-ids', '3', '--steps', '2', '--bs', '4', '--f-pretrain-steps', '1', '--pool-size', '4', '--device', 'cpu', '--no-progress',
-            '-o', str(tmp_path / 'run'), '--n-down', '1']
+            '-o', str(tmp_path / 'run'), '--n-down', '1', '--lr-drop', '1']
     fct.test_eq(pw.train_main(p.parse_args(argv)), 0)
     T, _, info = pw.load_transformer(tmp_path / 'run' / 'transformer.safetensors')
-    fct.test_eq((info['steps'], T.cfg.n_down, T.cfg.ngf), (2, 1, 4))
+    fct.test_eq((info['steps'], T.cfg.n_down, T.cfg.ngf, tuple(T.cfg.lr_drop)), (2, 1, 4, (1,)))
+    groups = pw.load_checkpoint(tmp_path / 'run' / 'checkpoint.safetensors')['phases']['G']['opt']['param_groups']
+    fct.test_close(groups[0]['lr'], 1e-4)                                    # --lr 1e-3 dropped 10x after step 1
     fct.test_eq(pw.train_main(p.parse_args(argv + ['--bits', '6'])), 2)
     fct.test_eq(pw.train_main(p.parse_args(argv + ['--data', 'nowhere'])), 2)
 

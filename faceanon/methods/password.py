@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..core import set_seed, time_call, impl_rows
 from ..layers import resnet_generator, patch_discriminator, patch_channels, MultiscaleDiscriminator, ChunkHead, conv_block, ResizeConv
 from ..losses import gan_losses, bitchunk_loss, chunk_accuracy, bits_to_chunks, id_classify_loss, id_confuse_loss, identity_loss, recon_loss
-from ..learner import Learner, Phase, Callback, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, save_checkpoint, load_checkpoint, add_run_args
+from ..learner import Learner, Phase, Callback, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, LRDropCB, save_checkpoint, load_checkpoint, add_run_args
 from .base import AnonMethod, FaceBatch, register_method
 
 # %% auto #0
@@ -51,6 +51,7 @@ class PasswordConfig:
     pool_size: int = 500           # image pool per discriminator (official: 500)
     lr: float = 1e-4               # Adam learning rate of T, Q and D (supplement §1: 0.0001)
     f_lr_mult: float = 0.1         # F's learning rate = lr * this (supplement §1/§4: 0.00001)
+    lr_drop: tuple = ()            # steps after which every lr is multiplied by 0.1 (ours, for short CPU runs; the paper keeps lr constant)
     beta1: float = 0.5             # Adam beta1 (official: 0.5)
     gan_loss: str = 'lsgan'        # adversarial loss (official: LSGAN)
     w_gan: float = 1.              # lambda_GAN: all adversarial terms
@@ -269,7 +270,7 @@ def password_learner(cfg: PasswordConfig, data, bs: int = 8, cbs=(), seed: int =
         Fn.requires_grad_(False)
         second = Phase('D', 'D', adam, password_d_loss)
     learn = Learner(dict(T=T, Q=Q, D=D, F=Fn), [Phase('G', ['T', 'Q'], adam, password_g_loss), second], data, bs=bs,
-                    cbs=[PoolsCB(cfg.pool_size), *cbs], device=device, precision=precision, seed=seed)
+                    cbs=[PoolsCB(cfg.pool_size), LRDropCB(cfg.lr_drop), *cbs], device=device, precision=precision, seed=seed)
     learn.cfg = cfg
     return learn
 
@@ -540,13 +541,14 @@ def add_train_args(p):
     p.add_argument('--size', type=int, default=64, help=f'crop size in px (paper: {d.size}; 64 for CPU)')
     p.add_argument('--bits', type=int, default=16, help='password length N, a multiple of 4 (paper: 16)')
     p.add_argument('--ngf', type=int, default=8, help=f'transformer width (paper: {d.ngf}; 8 for CPU)')
-    p.add_argument('--n-down', type=int, default=d.n_down, help=f"transformer downsamplings (paper: {d.n_down} at 128 px; 1 at 64 px keeps its 32x32 bottleneck)")
+    p.add_argument('--n-down', type=int, default=d.n_down, help=f"transformer downsamplings (official code: {d.n_down} at 128 px; 1 at 64 px keeps its 32x32 bottleneck)")
     p.add_argument('--ndf', type=int, default=16, help=f'discriminator / Q width (paper: {d.ndf})')
     p.add_argument('--d-scales', type=int, default=2, help=f'scales per discriminator (official: {d.d_scales}; 1 below 64 px)')
     p.add_argument('--nff', type=int, default=16, help='width of the small recognizer F')
     p.add_argument('--recognizer', default='small', choices=['small', 'facenet'], help="F: 'small' (CPU) or 'facenet' (faceanon.identity.FaceNet)")
     p.add_argument('--n-ids', type=int, default=100, help='identities F classifies (CASIA-WebFace: 10575)')
     p.add_argument('--lr', type=float, default=1e-3, help=f'Adam learning rate of T, Q, D; F uses a tenth (paper: {d.lr})')
+    p.add_argument('--lr-drop', type=int, nargs='*', default=[], metavar='STEP', help='multiply every learning rate by 0.1 after these steps (the paper: none)')
     p.add_argument('--pool-size', type=int, default=200, help=f'image pool per discriminator (official: {d.pool_size})')
     p.add_argument('--non-adversarial', action='store_true', help="the supplement's Eq. 3 ablation: F frozen")
     p.add_argument('--f-pretrain-steps', type=int, default=200, help="steps of F's identity pretraining before the GAN")
@@ -557,7 +559,7 @@ def train_main(args) -> int:
     "Run `faceanon train password`; 0 on success, 2 on a usage error."
     try:
         cfg = PasswordConfig(n_bits=args.bits, size=args.size, ngf=args.ngf, n_down=args.n_down, ndf=args.ndf, d_scales=args.d_scales, nff=args.nff, recognizer=args.recognizer, n_ids=args.n_ids,
-                             lr=args.lr, pool_size=args.pool_size, adversarial_fr=not args.non_adversarial, f_view=args.f_view)
+                             lr=args.lr, lr_drop=tuple(args.lr_drop), pool_size=args.pool_size, adversarial_fr=not args.non_adversarial, f_view=args.f_view)
         learn = train_password(cfg, args.out, args.data, steps=args.steps, bs=args.bs, resume=args.resume, seed=args.seed, device=args.device,
                                precision=args.precision, progress=not args.no_progress, ckpt_every=args.ckpt_every, f_pretrain_steps=args.f_pretrain_steps)
     except (ValueError, FileNotFoundError, ImportError) as e:
