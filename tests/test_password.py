@@ -112,7 +112,7 @@ def test_image_pool():
 def test_recovery_beats_wrong_password_after_a_few_steps():
     data = smooth_faces()
     cfg = pw.PasswordConfig(**{**TINY.__dict__, 'lr': 3e-3})
-    learn = pw.password_learner(cfg, data, bs=8, device='cpu', seed=0, cbs=[pw.MetricsCB(every=5)])
+    learn = pw.password_learner(cfg, data, bs=8, device='cpu', seed=0, cbs=[mets := pw.MetricsCB(every=5)])
     pw.pretrain_recognizer(learn.F, data, 20, bs=8)
     learn.fit(max_steps=40)
     T = learn.T.eval()
@@ -123,7 +123,7 @@ def test_recovery_beats_wrong_password_after_a_few_steps():
         A = T(x, p); R, WR = T(A, pw.inverse(p)), T(A, q)
     l1_r, l1_wr = (R - x).abs().mean().item(), (WR - x).abs().mean().item()
     assert l1_r < l1_wr, (l1_r, l1_wr)
-    h = learn.cbs[1].history
+    h = mets.history
     assert h[-1]['G/l1_R'] < h[0]['G/l1_R'], (h[0], h[-1])
 
 
