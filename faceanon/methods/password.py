@@ -288,9 +288,8 @@ class FaceTensors(torch.utils.data.Dataset):
 def synth_faces(n_ids: int = 100, per_id: int = 20, size: int = 64, split: str = 'train', seed: int = 0) -> FaceTensors:
     "SynthFaces rendered into memory."
     from faceanon.data.synthetic import SynthFaces
-    ds = SynthFaces(n_ids=n_ids, per_id=per_id, size=size, split=split, seed=seed)
-    items = [ds[i] for i in range(len(ds))]
-    return FaceTensors(torch.stack([torch.as_tensor(it['image']).float() for it in items]), torch.tensor([int(it['identity']) for it in items]))
+    d = SynthFaces(n_ids=n_ids, per_id=per_id, size=size, split=split, seed=seed).stacked()
+    return FaceTensors(d['image'].float(), d['identity'])
 
 def _load_face(path, size: int) -> torch.Tensor:
     "A centre square crop of an image file, resized to size: (3, size, size) in [-1, 1]."
