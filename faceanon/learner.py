@@ -304,7 +304,7 @@ def _subplots(*a, **kw):
 # %% ../nbs/16_learner.ipynb #fcbe13d3
 class ProgressCB(Callback):
     "A tqdm bar over the fit's steps on rank 0; on by default only when stderr is a terminal."
-    order = 30
+    order = 55                                     # after CheckpointCB (50) resumes, so a resumed bar counts the steps left
     def __init__(self, enabled: bool | None = None, refresh: int = 10): self.enabled, self.refresh = enabled, refresh
     def before_fit(self, learn):
         from tqdm import tqdm
