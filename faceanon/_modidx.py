@@ -767,6 +767,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'faceanon/methods/password.py'),
                                            'faceanon.methods.password.bench_password': ( 'nbs/methods.password.html#bench_password',
                                                                                          'faceanon/methods/password.py'),
+                                           'faceanon.methods.password.bit_sensitivity': ( 'nbs/methods.password.html#bit_sensitivity',
+                                                                                          'faceanon/methods/password.py'),
                                            'faceanon.methods.password.bits_int': ( 'nbs/methods.password.html#bits_int',
                                                                                    'faceanon/methods/password.py'),
                                            'faceanon.methods.password.brute_force': ( 'nbs/methods.password.html#brute_force',

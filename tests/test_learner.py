@@ -77,6 +77,24 @@ def test_bf16_autocast_on_cpu():
     fct.test_eq(seen[0], torch.bfloat16); fct.test_eq(learn.G.net[0].weight.dtype, torch.float32)
     assert math.isfinite(learn.logs['G']['loss'])
 
+def test_channels_last_layout_same_training(tmp_path):
+    "channels_last=True stores conv weights NHWC, keeps them so through training, and trains like NCHW; checkpoints cross layouts."
+    def conv_learner(cl):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+        data = [dict(x=x) for x in torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(0))]
+        loss = lambda l: (l.net(l.batch['x']) - l.batch['x']).pow(2).mean()
+        return Learner(dict(net=net), [Phase('net', 'net', partial(torch.optim.Adam, lr=1e-2), loss)], data, bs=8, device='cpu', channels_last=cl)
+    nchw, nhwc = conv_learner(False), conv_learner(True)
+    nchw.fit(max_steps=20); nhwc.fit(max_steps=20)
+    cl = torch.channels_last
+    assert nhwc.net[0].weight.is_contiguous(memory_format=cl) and not nchw.net[0].weight.is_contiguous(memory_format=cl)
+    fct.test_close(nhwc.net[2].weight.detach(), nchw.net[2].weight.detach(), eps=1e-4)
+    assert nhwc.logs['net']['loss'] < 0.9                      # it trained
+    nhwc.save(tmp_path / 'c.safetensors')
+    back = conv_learner(False).load(tmp_path / 'c.safetensors')
+    fct.test_eq(back.net[2].weight.detach(), nhwc.net[2].weight.detach())
+
 def test_fp16_gradscaler_per_phase_roundtrips(tmp_path):
     learn = make(precision='fp16'); learn.fit(max_steps=5)
     assert all(ph.scaler.is_enabled() for ph in learn.phases)

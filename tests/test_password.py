@@ -214,7 +214,7 @@ def test_train_main(tmp_path):
     p = argparse.ArgumentParser(); pw.add_train_args(p)
     argv = ['--data', f'lfw:{tmp_path / "lfw"}', '--size', '32', '--bits', '8', '--ngf', '4', '--ndf', '8', '--d-scales', '1', '--nff', '8',
             '--n-ids', '3', '--steps', '2', '--bs', '4', '--f-pretrain-steps', '1', '--pool-size', '4', '--device', 'cpu', '--no-progress',
-            '-o', str(tmp_path / 'run'), '--n-down', '1', '--lr-drop', '1']
+            '-o', str(tmp_path / 'run'), '--n-down', '1', '--lr-drop', '1', '--channels-last']
     fct.test_eq(pw.train_main(p.parse_args(argv)), 0)
     T, _, info = pw.load_transformer(tmp_path / 'run' / 'transformer.safetensors')
     fct.test_eq((info['steps'], T.cfg.n_down, T.cfg.ngf, tuple(T.cfg.lr_drop)), (2, 1, 4, (1,)))
@@ -239,6 +239,27 @@ def test_brute_force_and_panel(tmp_path):
     fct.test_eq(bf['distances'].argmin().item(), k)
     panel = pw.password_panel(T, x, '0101')
     fct.test_eq((panel.ndim, panel.shape[-1], panel.dtype), (3, 3, np.uint8))
+
+
+def test_bit_sensitivity_finds_an_ignored_bit():
+    "Cut bit 2's planes out of T's first convolution: its sensitivity is exactly 0, every other bit's is not."
+    torch.manual_seed(0)
+    T = pw.Transformer(TINY).eval()
+    x, p = torch.rand(4, 3, 32, 32) * 2 - 1, pw.random_bits(4, TINY.n_bits)
+    assert (pw.bit_sensitivity(T, x, p) > 0).all()
+    with torch.no_grad(): T.net[0][0].weight[:, 3 + 2] = 0                # input channels: RGB, then one plane per bit
+    s = pw.bit_sensitivity(T, x, p)
+    fct.test_eq(s.shape, (TINY.n_bits,)); fct.test_eq(s[2].item(), 0.)
+    assert (s[[0, 1, 3]] > 1e-4).all(), s
+
+
+def test_train_channels_last(tmp_path):
+    learn = pw.train_password(TINY, tmp_path / 'run', smooth_faces(), steps=2, bs=4, device='cpu', progress=False, f_pretrain_steps=1,
+                              channels_last=True)
+    assert learn.T.net[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    T, _, info = pw.load_transformer(tmp_path / 'run' / 'transformer.safetensors')
+    fct.test_eq(info['steps'], 2)
+    fct.test_eq(T.net[0][0].weight.detach(), learn.T.net[0][0].weight.detach())
 
 
 def test_bench_rows():

@@ -358,7 +358,7 @@ def _sample_fn(ds: CiaganPairs, n: int = 6):
 
 def train_ciagan(cfg: CiaganConfig, out_dir, data='synth', steps: int = 2000, bs: int = 16, resume: bool = False,
                  seed: int = 0, device='auto', precision: str = 'fp32', progress: bool = True, ckpt_every: int = 100,
-                 sample_every: int = 200, log_every: int = 20) -> Learner:
+                 sample_every: int = 200, log_every: int = 20, channels_last: bool = False) -> Learner:
     "Train for `steps` batches into out_dir: checkpoint.safetensors (resumable), generator.safetensors, samples_*.png."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
@@ -366,7 +366,7 @@ def train_ciagan(cfg: CiaganConfig, out_dir, data='synth', steps: int = 2000, bs
     mets = MetricsCB(every=log_every)
     cbs = [mets, ProgressCB(enabled=progress), SamplesCB(_sample_fn(ds), every=sample_every, path=out, ncols=6),
            CheckpointCB(out / 'checkpoint.safetensors', every=ckpt_every, resume=resume)]
-    learn = ciagan_learner(cfg, ds, bs=bs, cbs=cbs, seed=seed, device=device, precision=precision)
+    learn = ciagan_learner(cfg, ds, bs=bs, cbs=cbs, seed=seed, device=device, precision=precision, channels_last=channels_last)
     learn.fit(max_steps=steps)
     export_generator(learn, out / 'generator.safetensors', data=str(data) if isinstance(data, str) else type(data).__name__, bs=bs, precision=precision)
     return learn
@@ -621,7 +621,7 @@ def train_main(args) -> int:
     try:
         cfg = CiaganConfig(size=args.size, n_ids=args.n_ids, ch=args.ch, d_ch=args.d_ch, lr=args.lr, every_d=args.every_d, every_s=args.every_s, gan_loss=args.gan_loss, w_rec=args.w_rec)
         learn = train_ciagan(cfg, args.out, args.data, steps=args.steps, bs=args.bs, resume=args.resume, seed=args.seed, device=args.device,
-                             precision=args.precision, progress=not args.no_progress, ckpt_every=args.ckpt_every)
+                             precision=args.precision, progress=not args.no_progress, ckpt_every=args.ckpt_every, channels_last=args.channels_last)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"faceanon train ciagan: error: {e}", file=sys.stderr); return 2
     print(f"faceanon train ciagan: {learn.global_step} steps; generator -> {Path(args.out) / 'generator.safetensors'}", file=sys.stderr)

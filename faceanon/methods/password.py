@@ -26,7 +26,7 @@ __all__ = ['PASSWORD_SALT', 'PBKDF2_ITERATIONS', 'IMAGE_EXTS', 'PasswordConfig',
            'password_discriminators', 'ImagePool', 'PoolsCB', 'password_outputs', 'password_g_loss', 'password_d_loss',
            'password_learner', 'FaceTensors', 'synth_faces', 'IdentityFolders', 'password_data', 'pretrain_recognizer',
            'fig4_images', 'fixed_passwords', 'save_transformer', 'load_transformer', 'train_password',
-           'password_anonymize', 'recover', 'default_weights', 'PasswordMethod', 'q_chunk_accuracy',
+           'password_anonymize', 'recover', 'default_weights', 'PasswordMethod', 'q_chunk_accuracy', 'bit_sensitivity',
            'evaluate_password', 'brute_force', 'fold_batchnorm', 'prepare_for_inference', 'bench_password',
            'add_train_args', 'train_main', 'password_panel']
 
@@ -257,7 +257,7 @@ def password_d_loss(learn) -> tuple:
     return cfg.w_gan * gan + cfg.w_fr * fr, dict(gan=gan, fr=fr, f_acc=(lx.argmax(1) == y).float().mean())
 
 # %% ../../nbs/21_methods.password.ipynb #063a3cea
-def password_learner(cfg: PasswordConfig, data, bs: int = 8, cbs=(), seed: int = 0, device='auto', precision: str = 'fp32') -> Learner:
+def password_learner(cfg: PasswordConfig, data, bs: int = 8, cbs=(), seed: int = 0, device='auto', precision: str = 'fp32', channels_last: bool = False) -> Learner:
     "A Learner for the password transformer: nets T, Q, D, F; phases G then DF (or D when not adversarial)."
     set_seed(seed)
     T, Q, D, Fn = Transformer(cfg), PasswordQ(cfg), password_discriminators(cfg), build_recognizer(cfg)
@@ -270,7 +270,7 @@ def password_learner(cfg: PasswordConfig, data, bs: int = 8, cbs=(), seed: int =
         Fn.requires_grad_(False)
         second = Phase('D', 'D', adam, password_d_loss)
     learn = Learner(dict(T=T, Q=Q, D=D, F=Fn), [Phase('G', ['T', 'Q'], adam, password_g_loss), second], data, bs=bs,
-                    cbs=[PoolsCB(cfg.pool_size), LRDropCB(cfg.lr_drop), *cbs], device=device, precision=precision, seed=seed)
+                    cbs=[PoolsCB(cfg.pool_size), LRDropCB(cfg.lr_drop), *cbs], device=device, precision=precision, seed=seed, channels_last=channels_last)
     learn.cfg = cfg
     return learn
 
@@ -380,7 +380,7 @@ def load_transformer(path, device='cpu') -> tuple[Transformer, PasswordQ | None,
 
 def train_password(cfg: PasswordConfig, out_dir, data='synth', steps: int = 2000, bs: int = 8, resume: bool = False, seed: int = 0,
                    device='auto', precision: str = 'fp32', progress: bool = True, ckpt_every: int = 100, sample_every: int = 200,
-                   log_every: int = 20, f_pretrain_steps: int = 300) -> Learner:
+                   log_every: int = 20, f_pretrain_steps: int = 300, channels_last: bool = False) -> Learner:
     "Train for `steps` batches into out_dir: checkpoint.safetensors (resumable), transformer.safetensors, samples_*.png."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     ds = password_data(data, cfg, seed)
@@ -388,7 +388,7 @@ def train_password(cfg: PasswordConfig, out_dir, data='synth', steps: int = 2000
     mets, ckpt = MetricsCB(every=log_every), out / 'checkpoint.safetensors'
     cbs = [mets, ProgressCB(enabled=progress), SamplesCB(_sample_fn(ds, cfg.n_bits), every=sample_every, path=out, ncols=6),
            CheckpointCB(ckpt, every=ckpt_every, resume=resume)]
-    learn = password_learner(cfg, ds, bs=bs, cbs=cbs, seed=seed, device=device, precision=precision)
+    learn = password_learner(cfg, ds, bs=bs, cbs=cbs, seed=seed, device=device, precision=precision, channels_last=channels_last)
     f_losses = [] if (resume and ckpt.exists()) else pretrain_recognizer(learn.F, ds, f_pretrain_steps, seed=seed, view=cfg.f_view)
     learn.fit(max_steps=steps)
     info = dict(steps=learn.global_step, seed=seed, bs=bs, precision=precision, data=str(data) if isinstance(data, str) else type(ds).__name__,
@@ -445,6 +445,13 @@ def q_chunk_accuracy(T: Transformer, Q: PasswordQ, x: torch.Tensor, p: torch.Ten
     return (Q(x, T(x, p)).argmax(-1) == bits_to_chunks(p)).float().mean(0)
 
 @torch.no_grad()
+def bit_sensitivity(T: Transformer, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    "(N,) mean |T(x, p with bit k flipped) - T(x, p)| on a [0, 1] scale, per bit k; near 0 = T ignores bit k."
+    A = T(x, p)
+    def flipped(k): pk = p.clone(); pk[:, k] = 1 - pk[:, k]; return pk
+    return torch.stack([(T(x, flipped(k)) - A).abs().mean() / 2 for k in range(p.shape[1])])
+
+@torch.no_grad()
 def evaluate_password(T: Transformer, Q: PasswordQ | None, recognizer, eset, seed: int = 0, n_div: int = 4, bs: int = 64) -> dict:
     "L1 of A/R/WR, re-identification of I/A/R/WR/blur-9, Q's chunk accuracy, identity diversity over passwords."
     from faceanon.metrics import l1_error, reid_rate, diversity, embed_all
@@ -459,6 +466,7 @@ def evaluate_password(T: Transformer, Q: PasswordQ | None, recognizer, eset, see
     res = {f'l1_{k}': l1_error((out[k] + 1) / 2, (x + 1) / 2).mean().item() for k in ('A1', 'R', 'WR1')}
     res |= {f'reid_{k}': reid_rate(embed_all(recognizer, out[k], bs), ids, gal, eset.gallery_ids, dist) for k in ('I', 'A1', 'R', 'WR1', 'blur9')}
     if Q is not None: res['q_chunk_acc'] = q_chunk_accuracy(T, Q.eval(), x, p).tolist()
+    res['bit_sensitivity'] = bit_sensitivity(T, x, p).tolist()
     g = torch.Generator().manual_seed(seed + 1)
     embs = torch.stack([embed_all(recognizer, T(x, random_bits(len(x), T.cfg.n_bits, g)), bs) for _ in range(n_div)], 1)
     res['diversity'] = diversity(embs, dist)
@@ -560,7 +568,8 @@ def train_main(args) -> int:
         cfg = PasswordConfig(n_bits=args.bits, size=args.size, ngf=args.ngf, n_down=args.n_down, ndf=args.ndf, d_scales=args.d_scales, nff=args.nff, recognizer=args.recognizer, n_ids=args.n_ids,
                              lr=args.lr, lr_drop=tuple(args.lr_drop), pool_size=args.pool_size, adversarial_fr=not args.non_adversarial, f_view=args.f_view)
         learn = train_password(cfg, args.out, args.data, steps=args.steps, bs=args.bs, resume=args.resume, seed=args.seed, device=args.device,
-                               precision=args.precision, progress=not args.no_progress, ckpt_every=args.ckpt_every, f_pretrain_steps=args.f_pretrain_steps)
+                               precision=args.precision, progress=not args.no_progress, ckpt_every=args.ckpt_every, f_pretrain_steps=args.f_pretrain_steps,
+                               channels_last=args.channels_last)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"faceanon train password: error: {e}", file=sys.stderr); return 2
     print(f"faceanon train password: {learn.global_step} steps; transformer -> {Path(args.out) / 'transformer.safetensors'}", file=sys.stderr)
