@@ -787,6 +787,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'faceanon/methods/password.py'),
                                            'faceanon.methods.password.fold_batchnorm': ( 'nbs/methods.password.html#fold_batchnorm',
                                                                                          'faceanon/methods/password.py'),
+                                           'faceanon.methods.password.init_from': ( 'nbs/methods.password.html#init_from',
+                                                                                    'faceanon/methods/password.py'),
                                            'faceanon.methods.password.int_bits': ( 'nbs/methods.password.html#int_bits',
                                                                                    'faceanon/methods/password.py'),
                                            'faceanon.methods.password.inverse': ( 'nbs/methods.password.html#inverse',

@@ -25,7 +25,7 @@ __all__ = ['PASSWORD_SALT', 'PBKDF2_ITERATIONS', 'IMAGE_EXTS', 'PasswordConfig',
            'PasswordQ', 'SmallRecognizer', 'build_recognizer', 'face_view', 'recognizer_outputs',
            'password_discriminators', 'ImagePool', 'PoolsCB', 'password_outputs', 'password_g_loss', 'password_d_loss',
            'password_learner', 'FaceTensors', 'synth_faces', 'IdentityFolders', 'password_data', 'pretrain_recognizer',
-           'fig4_images', 'fixed_passwords', 'save_transformer', 'load_transformer', 'train_password',
+           'fig4_images', 'fixed_passwords', 'save_transformer', 'load_transformer', 'init_from', 'train_password',
            'password_anonymize', 'recover', 'default_weights', 'PasswordMethod', 'q_chunk_accuracy', 'bit_sensitivity',
            'evaluate_password', 'brute_force', 'fold_batchnorm', 'prepare_for_inference', 'bench_password',
            'add_train_args', 'train_main', 'password_panel']
@@ -378,9 +378,23 @@ def load_transformer(path, device='cpu') -> tuple[Transformer, PasswordQ | None,
     if sd['Q']: Q = PasswordQ(cfg).to(device); Q.load_state_dict(sd['Q']); Q.eval()
     return T.eval(), Q, sd['info']
 
+_ARCH_FIELDS = ('n_bits', 'size', 'ngf', 'n_blocks', 'n_down', 'ndf', 'n_layers_d')
+
+def init_from(learn: Learner, path) -> dict:
+    "Start learn's T and Q from a transformer file of the same architecture (D and F are not in it); returns the file's info."
+    if not Path(path).is_file(): raise FileNotFoundError(f"{path}: no such transformer file to start from")
+    T, Q, info = load_transformer(path)
+    diff = {k: (getattr(T.cfg, k), getattr(learn.cfg, k)) for k in _ARCH_FIELDS if getattr(T.cfg, k) != getattr(learn.cfg, k)}
+    if diff: raise ValueError(f"{path}: its architecture differs from the config (file, config): {diff}")
+    learn.T.load_state_dict(T.state_dict())
+    if Q is not None: learn.Q.load_state_dict(Q.state_dict())
+    return info
+
 def train_password(cfg: PasswordConfig, out_dir, data='synth', steps: int = 2000, bs: int = 8, resume: bool = False, seed: int = 0,
                    device='auto', precision: str = 'fp32', progress: bool = True, ckpt_every: int = 100, sample_every: int = 200,
-                   log_every: int = 20, f_pretrain_steps: int = 300, channels_last: bool = False) -> Learner:
+                   log_every: int = 20, f_pretrain_steps: int = 300, channels_last: bool = False,
+                   init=None,   # a transformer file to start T and Q from (fine-tuning); ignored when resuming a checkpoint
+                   ) -> Learner:
     "Train for `steps` batches into out_dir: checkpoint.safetensors (resumable), transformer.safetensors, samples_*.png."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     ds = password_data(data, cfg, seed)
@@ -389,10 +403,13 @@ def train_password(cfg: PasswordConfig, out_dir, data='synth', steps: int = 2000
     cbs = [mets, ProgressCB(enabled=progress), SamplesCB(_sample_fn(ds, cfg.n_bits), every=sample_every, path=out, ncols=6),
            CheckpointCB(ckpt, every=ckpt_every, resume=resume)]
     learn = password_learner(cfg, ds, bs=bs, cbs=cbs, seed=seed, device=device, precision=precision, channels_last=channels_last)
-    f_losses = [] if (resume and ckpt.exists()) else pretrain_recognizer(learn.F, ds, f_pretrain_steps, seed=seed, view=cfg.f_view)
+    fresh = not (resume and ckpt.exists())
+    start = {}
+    if init is not None: start = dict(path=str(init), steps=(init_from(learn, init) if fresh else load_transformer(init)[2]).get('steps'))
+    f_losses = pretrain_recognizer(learn.F, ds, f_pretrain_steps, seed=seed, view=cfg.f_view) if fresh else []
     learn.fit(max_steps=steps)
     info = dict(steps=learn.global_step, seed=seed, bs=bs, precision=precision, data=str(data) if isinstance(data, str) else type(ds).__name__,
-                history=mets.history, f_pretrain_loss=f_losses[-20:])
+                history=mets.history, f_pretrain_loss=f_losses[-20:], init=start)
     save_transformer(learn.T, learn.Q, out / 'transformer.safetensors', info)
     return learn
 
@@ -429,14 +446,17 @@ class PasswordMethod(AnonMethod):
         self.T, self.Q, self.info = load_transformer(path, device)
         self.cfg, self.crop_size, self.recover = self.T.cfg, self.T.cfg.size, recover
         self.bits = None if password is None else as_bits(password, self.cfg.n_bits)
+        self._fast = None                       # the inference copy of T, made on first use
 
     def anonymize(self, batch: FaceBatch, generator: torch.Generator) -> torch.Tensor:
         dev = next(self.T.parameters()).device
         x = batch.images.to(dev).float()
         if x.shape[-1] != self.crop_size: raise ValueError(f"this model works on {self.crop_size} px crops, got {x.shape[-1]} px")
         bits = self.bits if self.bits is not None else random_bits(len(x), self.cfg.n_bits, generator if generator.device.type == 'cpu' else None)
-        out = recover(self.T, x, bits) if self.recover else password_anonymize(self.T, x, bits)
-        return out.to(batch.images)
+        if self._fast is None: self._fast = prepare_for_inference(self.T)     # BN folded, channels-last: see "Speed" below
+        x = x.contiguous(memory_format=torch.channels_last)
+        out = recover(self._fast, x, bits) if self.recover else password_anonymize(self._fast, x, bits)
+        return out.contiguous().to(batch.images)
 
 # %% ../../nbs/21_methods.password.ipynb #8bbf7517
 @torch.no_grad()
@@ -535,7 +555,7 @@ def bench_password(size: int = 128, ngf: int = 64, n_bits: int = 16, batch_sizes
             xx, net = (x.contiguous(memory_format=torch.channels_last), T_tr.to(memory_format=torch.channels_last)) if cl else (x, T_tr.to(memory_format=torch.contiguous_format))
             with torch.autocast('cpu', torch.bfloat16, enabled=prec == 'bf16'): y = net(xx, p)
             y.float().mean().backward()
-        for name, cl, prec in [('official-style fp32', False, 'fp32'), ('ours bf16 channels-last', True, 'bf16')]:
+        for name, cl, prec in [('official-style fp32', False, 'fp32')] + [(f'ours {pr} channels-last', True, pr) for pr in precisions]:
             rows.append(dict(impl=name, task='forward+backward', batch=train_bs, s_per_step=time_call(partial(step, cl, prec), max(1, repeats - 1))[0] / 1000, **common))
     return rows
 
@@ -557,19 +577,22 @@ def add_train_args(p):
     p.add_argument('--lr', type=float, default=1e-3, help=f'Adam learning rate of T, Q, D; F uses a tenth (paper: {d.lr})')
     p.add_argument('--lr-drop', type=int, nargs='*', default=[], metavar='STEP', help='multiply every learning rate by 0.1 after these steps (the paper: none)')
     p.add_argument('--pool-size', type=int, default=200, help=f'image pool per discriminator (official: {d.pool_size})')
+    p.add_argument('--w-aux', type=float, default=d.w_aux, help=f"weight of Q's bit-chunk loss (official: {d.w_aux}; the committed 64 px model: 4)")
     p.add_argument('--non-adversarial', action='store_true', help="the supplement's Eq. 3 ablation: F frozen")
     p.add_argument('--f-pretrain-steps', type=int, default=200, help="steps of F's identity pretraining before the GAN")
     p.add_argument('--f-view', type=float, default=d.f_view, help=f"F sees the centre f_view of each side of the aligned crop, the face (default {d.f_view})")
+    p.add_argument('--init', default=None, metavar='FILE', help='start T and Q from this transformer file (same architecture); D and F start afresh')
     add_run_args(p, bs=8, ckpt_every=25, precision='fp32')        # paper batch 48; 8 for CPU
 
 def train_main(args) -> int:
     "Run `faceanon train password`; 0 on success, 2 on a usage error."
     try:
         cfg = PasswordConfig(n_bits=args.bits, size=args.size, ngf=args.ngf, n_down=args.n_down, ndf=args.ndf, d_scales=args.d_scales, nff=args.nff, recognizer=args.recognizer, n_ids=args.n_ids,
-                             lr=args.lr, lr_drop=tuple(args.lr_drop), pool_size=args.pool_size, adversarial_fr=not args.non_adversarial, f_view=args.f_view)
+                             lr=args.lr, lr_drop=tuple(args.lr_drop), pool_size=args.pool_size, adversarial_fr=not args.non_adversarial, f_view=args.f_view,
+                             w_aux=args.w_aux)
         learn = train_password(cfg, args.out, args.data, steps=args.steps, bs=args.bs, resume=args.resume, seed=args.seed, device=args.device,
                                precision=args.precision, progress=not args.no_progress, ckpt_every=args.ckpt_every, f_pretrain_steps=args.f_pretrain_steps,
-                               channels_last=args.channels_last)
+                               channels_last=args.channels_last, init=args.init)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"faceanon train password: error: {e}", file=sys.stderr); return 2
     print(f"faceanon train password: {learn.global_step} steps; transformer -> {Path(args.out) / 'transformer.safetensors'}", file=sys.stderr)
