@@ -302,3 +302,18 @@ def test_init_from_file_then_fine_tune(tmp_path):
     fct.test_eq(pw.load_transformer(tmp_path / 'tuned' / 'transformer.safetensors')[2]['init'], dict(path=str(src), steps=2))
     with pytest.raises(ValueError, match="'n_bits': \\(4, 8\\)"):
         pw.train_password(replace(TINY, n_bits=8), tmp_path / 'bad', smooth_faces(), steps=0, init=src, **kw)
+
+
+def test_aux4_weights_use_every_bit():
+    "The aux4 model writes all 16 bits (the default model leaves bits 13-16 dead) and Q reads every chunk well above chance."
+    from faceanon.metrics import synth_eval_set
+    T, Q, info = pw.load_transformer(pw.default_weights().with_name('password_aux4_synth64.safetensors'))
+    fct.test_eq((T.cfg.n_bits, T.cfg.w_aux, info['steps']), (16, 4., 12000))
+    x = synth_eval_set(n_ids=20, per_id=4, n_gallery=2, size=64, n_clips=0).probes.images
+    p = pw.fixed_passwords(len(x), 16)[0]
+    s = pw.bit_sensitivity(T, x, p)
+    assert s.min() > 0.2 * s.median(), s
+    assert (pw.q_chunk_accuracy(T, Q, x, p) > 4 / 16).all()
+    T1, _, _ = pw.load_transformer(pw.default_weights())
+    s1 = pw.bit_sensitivity(T1, x, p)
+    assert (s1[12:] < 0.1 * s1.median()).all(), s1               # the default's dead bits, as the notebook says

@@ -67,7 +67,7 @@ class PasswordConfig:
     w_feat_a: float = 2.           # lambda_Feat: F-features of A1 = T(x, p1) and A2 = T(x, p2) apart (cosine)
     w_feat_wr: float = 1.          # lambda_WR_Feat: features of WR1 and WR2 apart
     w_feat_a_wr: float = 1.        # lambda_false_recon_diff: features of A and WR apart
-    w_aux: float = 1.              # lambda_dis: Q's bit-chunk loss (supplement Eq. 1) on (x,A), (A,R), (A,WR)
+    w_aux: float = 1.              # lambda_dis: Q's bit-chunk loss (supplement Eq. 1) on (x,A), (A,R), (A,WR); the aux4 model: 4
     adversarial_fr: bool = True    # False = the supplement's Eq. 3 ablation: F frozen, T minimises -CE on A and WR
 
     def __post_init__(self):
@@ -577,7 +577,7 @@ def add_train_args(p):
     p.add_argument('--lr', type=float, default=1e-3, help=f'Adam learning rate of T, Q, D; F uses a tenth (paper: {d.lr})')
     p.add_argument('--lr-drop', type=int, nargs='*', default=[], metavar='STEP', help='multiply every learning rate by 0.1 after these steps (the paper: none)')
     p.add_argument('--pool-size', type=int, default=200, help=f'image pool per discriminator (official: {d.pool_size})')
-    p.add_argument('--w-aux', type=float, default=d.w_aux, help=f"weight of Q's bit-chunk loss (official: {d.w_aux}; the committed 64 px model: 4)")
+    p.add_argument('--w-aux', type=float, default=d.w_aux, help=f"weight of Q's bit-chunk loss (official: {d.w_aux}; the aux4 64 px model: 4)")
     p.add_argument('--non-adversarial', action='store_true', help="the supplement's Eq. 3 ablation: F frozen")
     p.add_argument('--f-pretrain-steps', type=int, default=200, help="steps of F's identity pretraining before the GAN")
     p.add_argument('--f-view', type=float, default=d.f_view, help=f"F sees the centre f_view of each side of the aligned crop, the face (default {d.f_view})")
