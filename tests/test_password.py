@@ -230,6 +230,19 @@ def test_train_main(tmp_path):
     fct.test_close(groups[0]['lr'], 1e-4)                                    # --lr 1e-3 dropped 10x after step 1
     fct.test_eq(pw.train_main(p.parse_args(argv + ['--bits', '6'])), 2)
     fct.test_eq(pw.train_main(p.parse_args(argv + ['--data', 'nowhere'])), 2)
+    fct.test_eq(pw.train_main(p.parse_args(argv + ['--set', 'w_l1r=2', '-o', str(tmp_path / 'typo')])), 2)   # a typo trains nothing
+    assert not (tmp_path / 'typo').exists()
+    fct.test_eq(pw.train_main(p.parse_args(argv + ['--set', 'w_l1_r=200', '--set', 'w-aux=2', '--set', 'lr_drop=', '-o', str(tmp_path / 'set')])), 0)
+    T3 = pw.load_transformer(tmp_path / 'set' / 'transformer.safetensors')[0]
+    fct.test_eq((T3.cfg.w_l1_r, T3.cfg.w_aux, T3.cfg.lr_drop, T3.cfg.w_l1_a), (200., 2., (), pw.PasswordConfig().w_l1_a))   # --set wins over --w-aux 4
+
+
+def test_apply_sets_parses_by_field_type():
+    c = pw.apply_sets(pw.PasswordConfig(), ['adversarial_fr=no', 'lr=3e-4', 'recognizer=facenet', 'lr_drop=5, 7', 'pool_size=9'])
+    fct.test_eq((c.adversarial_fr, c.lr, c.recognizer, c.lr_drop, c.pool_size), (False, 3e-4, 'facenet', (5, 7), 9))
+    fct.test_eq(pw.apply_sets(c), c)
+    for bad, msg in [('pool_size=1.5', 'invalid literal'), ('adversarial_fr=maybe', 'not a bool'), ('recognizer=vgg', "'small' or 'facenet'"), ('=3', 'KEY one of')]:
+        with pytest.raises(ValueError, match=msg): pw.apply_sets(c, [bad])
 
 
 def test_brute_force_and_panel(tmp_path):

@@ -5,7 +5,7 @@
 # %% ../../nbs/21_methods.password.ipynb #15045fc5
 from __future__ import annotations
 import hashlib, math, random, sys, time
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, asdict, fields, replace
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
@@ -28,7 +28,7 @@ __all__ = ['PASSWORD_SALT', 'PBKDF2_ITERATIONS', 'IMAGE_EXTS', 'PasswordConfig',
            'fig4_images', 'fixed_passwords', 'save_transformer', 'load_transformer', 'init_from', 'train_password',
            'password_anonymize', 'recover', 'default_weights', 'PasswordMethod', 'q_chunk_accuracy', 'bit_sensitivity',
            'evaluate_password', 'brute_force', 'fold_batchnorm', 'prepare_for_inference', 'bench_password',
-           'add_train_args', 'train_main', 'password_panel']
+           'apply_sets', 'add_train_args', 'train_main', 'password_panel']
 
 # %% ../../nbs/21_methods.password.ipynb #654e2448
 @dataclass
@@ -559,6 +559,27 @@ def bench_password(size: int = 128, ngf: int = 64, n_bits: int = 16, batch_sizes
             rows.append(dict(impl=name, task='forward+backward', batch=train_bs, s_per_step=time_call(partial(step, cl, prec), max(1, repeats - 1))[0] / 1000, **common))
     return rows
 
+# %% ../../nbs/21_methods.password.ipynb #ca376fe1
+def _parse_field(name: str, typ: str, v: str):
+    "One `--set` value as PasswordConfig's field `name` of annotated type `typ` ('int', 'float', 'bool', 'str', 'tuple')."
+    if typ == 'bool':
+        if v.lower() in ('1', 'true', 'yes', 'on'): return True
+        if v.lower() in ('0', 'false', 'no', 'off'): return False
+        raise ValueError(f"{name}: {v!r} is not a bool (true/false)")
+    if typ == 'tuple': return tuple(int(s) for s in v.split(',') if s.strip())
+    return {'int': int, 'float': float, 'str': str}[typ](v)
+
+def apply_sets(cfg: PasswordConfig, pairs=()) -> PasswordConfig:
+    "cfg with `KEY=VALUE` overrides (`--set w_l1_r=200 --set lr_drop=10000,12000`); unknown keys and bad values raise ValueError."
+    types, kw = {f.name: f.type for f in fields(cfg)}, {}
+    for s in pairs:
+        k, eq, v = s.partition('=')
+        k = k.strip().replace('-', '_')
+        if not eq or k not in types: raise ValueError(f"--set {s!r}: expected KEY=VALUE with KEY one of: {', '.join(types)}")
+        try: kw[k] = _parse_field(k, types[k], v.strip())
+        except ValueError as e: raise ValueError(f"--set {s!r}: {e}") from None
+    return replace(cfg, **kw)
+
 # %% ../../nbs/21_methods.password.ipynb #bde3376b
 def add_train_args(p):
     "Declare `faceanon train password` options on an argparse parser."
@@ -582,6 +603,7 @@ def add_train_args(p):
     p.add_argument('--f-pretrain-steps', type=int, default=200, help="steps of F's identity pretraining before the GAN")
     p.add_argument('--f-view', type=float, default=d.f_view, help=f"F sees the centre f_view of each side of the aligned crop, the face (default {d.f_view})")
     p.add_argument('--init', default=None, metavar='FILE', help='start T and Q from this transformer file (same architecture); D and F start afresh')
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override any PasswordConfig field after the flags above, e.g. --set w_l1_r=200 (repeatable)')
     add_run_args(p, bs=8, ckpt_every=25, precision='fp32')        # paper batch 48; 8 for CPU
 
 def train_main(args) -> int:
@@ -590,6 +612,7 @@ def train_main(args) -> int:
         cfg = PasswordConfig(n_bits=args.bits, size=args.size, ngf=args.ngf, n_down=args.n_down, ndf=args.ndf, d_scales=args.d_scales, nff=args.nff, recognizer=args.recognizer, n_ids=args.n_ids,
                              lr=args.lr, lr_drop=tuple(args.lr_drop), pool_size=args.pool_size, adversarial_fr=not args.non_adversarial, f_view=args.f_view,
                              w_aux=args.w_aux)
+        cfg = apply_sets(cfg, args.set)
         learn = train_password(cfg, args.out, args.data, steps=args.steps, bs=args.bs, resume=args.resume, seed=args.seed, device=args.device,
                                precision=args.precision, progress=not args.no_progress, ckpt_every=args.ckpt_every, f_pretrain_steps=args.f_pretrain_steps,
                                channels_last=args.channels_last, init=args.init)
