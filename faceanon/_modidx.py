@@ -350,6 +350,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'faceanon.learner.EMACB.__init__': ('nbs/learner.html#emacb.__init__', 'faceanon/learner.py'),
                                   'faceanon.learner.EMACB.after_batch': ('nbs/learner.html#emacb.after_batch', 'faceanon/learner.py'),
                                   'faceanon.learner.EMACB.after_create': ('nbs/learner.html#emacb.after_create', 'faceanon/learner.py'),
+                                  'faceanon.learner.EMACB.before_fit': ('nbs/learner.html#emacb.before_fit', 'faceanon/learner.py'),
                                   'faceanon.learner.EMACB.ema_name': ('nbs/learner.html#emacb.ema_name', 'faceanon/learner.py'),
                                   'faceanon.learner.LRDropCB': ('nbs/learner.html#lrdropcb', 'faceanon/learner.py'),
                                   'faceanon.learner.LRDropCB.__init__': ('nbs/learner.html#lrdropcb.__init__', 'faceanon/learner.py'),

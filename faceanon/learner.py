@@ -327,6 +327,9 @@ class EMACB(Callback):
     def ema_name(self): return f'{self.src}_ema'
     def after_create(self, learn): learn.add_model(self.ema_name, copy.deepcopy(learn.models[self.src]).requires_grad_(False))
     @torch.no_grad()
+    def before_fit(self, learn):      # a fresh run starts the average from the weights it starts with (e.g. loaded after creation to fine-tune)
+        if learn.global_step == 0: learn.models[self.ema_name].load_state_dict(learn.models[self.src].state_dict())
+    @torch.no_grad()
     def after_batch(self, learn):
         t = learn.global_step
         beta = min(self.beta, (1 + t) / (10 + t)) if self.warmup else self.beta
