@@ -322,7 +322,10 @@ class ProgressCB(Callback):
 class EMACB(Callback):
     "Keep `learn.<name>_ema`, an exponential moving average of net `name`'s weights."
     order = 10
-    def __init__(self, name: str = 'G', beta: float = 0.999, warmup: bool = True): self.src, self.beta, self.warmup = name, beta, warmup
+    def __init__(self, name: str = 'G', beta: float = 0.999, warmup: bool = True,
+                 buffers: str = 'average'):     # 'average': float buffers (BatchNorm's running stats) follow the same EMA; 'copy': take the live net's
+        if buffers not in ('average', 'copy'): raise ValueError(f"buffers must be 'average' or 'copy', got {buffers!r}")
+        self.src, self.beta, self.warmup, self.buffers = name, beta, warmup, buffers
     @property
     def ema_name(self): return f'{self.src}_ema'
     def after_create(self, learn): learn.add_model(self.ema_name, copy.deepcopy(learn.models[self.src]).requires_grad_(False))
@@ -335,7 +338,9 @@ class EMACB(Callback):
         beta = min(self.beta, (1 + t) / (10 + t)) if self.warmup else self.beta
         src, ema = learn.models[self.src], learn.models[self.ema_name]
         for pe, p in zip(ema.parameters(), src.parameters()): pe.lerp_(p.detach(), 1 - beta)
-        for be, b in zip(ema.buffers(), src.buffers()): be.copy_(b)
+        for be, b in zip(ema.buffers(), src.buffers()):
+            if self.buffers == 'average' and be.is_floating_point(): be.lerp_(b, 1 - beta)
+            else: be.copy_(b)
 
 class SamplesCB(Callback):
     "Before training, every `every` steps and at the end, grid the images `sample_fn(learn)` returns; keep them and write PNGs."

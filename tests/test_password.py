@@ -313,6 +313,13 @@ def test_init_from_file_then_fine_tune(tmp_path):
     moved = sum((v.float() - w.float()).abs().sum() for v, w in zip(base.T.state_dict().values(), tuned.T.state_dict().values()))
     assert moved > 0
     fct.test_eq(pw.load_transformer(tmp_path / 'tuned' / 'transformer.safetensors')[2]['init'], dict(path=str(src), steps=2))
+    # extra callbacks reach the learner; an EMA of T starts from the file's weights, not from the random init
+    from faceanon.learner import EMACB
+    still = pw.train_password(TINY, tmp_path / 'ema0', smooth_faces(), steps=0, init=src, cbs=[EMACB('T', 0.5, warmup=False)], **kw)
+    for v, w in zip(base.T.parameters(), still.T_ema.parameters()): fct.test_eq(v.detach(), w)
+    ema = pw.train_password(TINY, tmp_path / 'ema2', smooth_faces(), steps=2, init=src, cbs=[EMACB('T', 0.5, warmup=False)], **kw)
+    gap = lambda a, b: sum((v.detach() - w.detach()).abs().sum().item() for v, w in zip(a.parameters(), b.parameters()))
+    assert gap(ema.T_ema, base.T) > 0 and gap(ema.T_ema, ema.T) > 0 and gap(ema.T_ema, base.T) < gap(ema.T, base.T)
     with pytest.raises(ValueError, match="'n_bits': \\(4, 8\\)"):
         pw.train_password(replace(TINY, n_bits=8), tmp_path / 'bad', smooth_faces(), steps=0, init=src, **kw)
 

@@ -394,6 +394,7 @@ def train_password(cfg: PasswordConfig, out_dir, data='synth', steps: int = 2000
                    device='auto', precision: str = 'fp32', progress: bool = True, ckpt_every: int = 100, sample_every: int = 200,
                    log_every: int = 20, f_pretrain_steps: int = 300, channels_last: bool = False,
                    init=None,   # a transformer file to start T and Q from (fine-tuning); ignored when resuming a checkpoint
+                   cbs=(),      # extra callbacks, e.g. EMACB('T') (the file still holds T itself; save learn.T_ema yourself)
                    ) -> Learner:
     "Train for `steps` batches into out_dir: checkpoint.safetensors (resumable), transformer.safetensors, samples_*.png."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -401,7 +402,7 @@ def train_password(cfg: PasswordConfig, out_dir, data='synth', steps: int = 2000
     if getattr(ds, 'n_classes', cfg.n_ids) > cfg.n_ids: raise ValueError(f"the data has {ds.n_classes} identities but F classifies cfg.n_ids={cfg.n_ids}")
     mets, ckpt = MetricsCB(every=log_every), out / 'checkpoint.safetensors'
     cbs = [mets, ProgressCB(enabled=progress), SamplesCB(_sample_fn(ds, cfg.n_bits), every=sample_every, path=out, ncols=6),
-           CheckpointCB(ckpt, every=ckpt_every, resume=resume)]
+           CheckpointCB(ckpt, every=ckpt_every, resume=resume), *cbs]
     learn = password_learner(cfg, ds, bs=bs, cbs=cbs, seed=seed, device=device, precision=precision, channels_last=channels_last)
     fresh = not (resume and ckpt.exists())
     start = {}
