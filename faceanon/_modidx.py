@@ -843,6 +843,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                            'faceanon.methods.password.train_password': ( 'nbs/methods.password.html#train_password',
                                                                                          'faceanon/methods/password.py'),
                                            'faceanon.methods.password.transformer_gflop': ( 'nbs/methods.password.html#transformer_gflop',
+                                                                                            'faceanon/methods/password.py'),
+                                           'faceanon.methods.password.widen_transformer': ( 'nbs/methods.password.html#widen_transformer',
                                                                                             'faceanon/methods/password.py')},
             'faceanon.metrics': { 'faceanon.metrics.EvalConfig': ('nbs/metrics.html#evalconfig', 'faceanon/metrics.py'),
                                   'faceanon.metrics.EvalResult': ('nbs/metrics.html#evalresult', 'faceanon/metrics.py'),

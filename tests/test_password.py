@@ -337,3 +337,22 @@ def test_aux4_weights_use_every_bit():
     T1, _, _ = pw.load_transformer(pw.default_weights())
     s1 = pw.bit_sensitivity(T1, x, p)
     assert (s1[12:] < 0.1 * s1.median()).all(), s1               # the default's dead bits, as the notebook says
+
+
+@pytest.mark.parametrize('n_down', [1, 2])
+def test_widen_transformer_keeps_the_function(n_down):
+    "Doubling T's width computes the same faces in train and eval mode; the noise breaks the tie between copied channels."
+    T = pw.Transformer(replace(TINY, n_down=n_down))
+    x, p = torch.rand(4, 3, 32, 32) * 2 - 1, pw.random_bits(4, TINY.n_bits, torch.Generator().manual_seed(1))
+    for train in (True, False):
+        T.train(train)
+        W = pw.widen_transformer(T, noise=0.)
+        fct.test_eq((W.cfg.ngf, W.training), (2 * T.cfg.ngf, train))
+        with torch.no_grad(): assert (W(x, p) - T(x, p)).abs().max() < 1e-5
+    W2 = pw.widen_transformer(W, noise=0.)                       # again: 4 times the width
+    with torch.no_grad(): assert (W2(x, p) - T(x, p)).abs().max() < 1e-5
+    w0 = W.net[0][0].weight.detach()
+    fct.test_eq(w0[:4], w0[4:])                                  # copied channels are tied ...
+    wn = pw.widen_transformer(T, noise=0.01).net[0][0].weight.detach()
+    assert (wn[:4] - wn[4:]).abs().max() > 0                     # ... until the noise unties them
+    with torch.no_grad(): assert 0 < (pw.widen_transformer(T, noise=0.01)(x, p) - T(x, p)).abs().mean() < 0.05

@@ -28,7 +28,7 @@ __all__ = ['PASSWORD_SALT', 'PBKDF2_ITERATIONS', 'IMAGE_EXTS', 'PasswordConfig',
            'fig4_images', 'fixed_passwords', 'save_transformer', 'load_transformer', 'init_from', 'train_password',
            'password_anonymize', 'recover', 'default_weights', 'PasswordMethod', 'q_chunk_accuracy', 'bit_sensitivity',
            'evaluate_password', 'brute_force', 'fold_batchnorm', 'prepare_for_inference', 'bench_password',
-           'apply_sets', 'add_train_args', 'train_main', 'password_panel']
+           'apply_sets', 'add_train_args', 'train_main', 'widen_transformer', 'password_panel']
 
 # %% ../../nbs/21_methods.password.ipynb #654e2448
 @dataclass
@@ -621,6 +621,21 @@ def train_main(args) -> int:
         print(f"faceanon train password: error: {e}", file=sys.stderr); return 2
     print(f"faceanon train password: {learn.global_step} steps; transformer -> {Path(args.out) / 'transformer.safetensors'}", file=sys.stderr)
     return 0
+
+# %% ../../nbs/21_methods.password.ipynb #71d661c8
+@torch.no_grad()
+def widen_transformer(T: Transformer, noise: float = 0.01, seed: int = 0) -> Transformer:
+    "T at twice the width (ngf x 2) computing the same function (Net2WiderNet), plus `noise` x each conv's weight std to break the tie."
+    W = Transformer(replace(T.cfg, ngf=2 * T.cfg.ngf)).to(next(T.parameters()).device).train(T.training)
+    g, narrow, sd = torch.Generator().manual_seed(seed), T.state_dict(), {}
+    for k, w in W.state_dict().items():
+        t = narrow[k]
+        for d in range(t.ndim):                        # wide channel j is narrow channel j mod C
+            if w.shape[d] != t.shape[d]: t = torch.cat([t, t], d) / (2 if d == 1 else 1)   # an input channel now arrives twice: halve it
+        if t.ndim == 4 and noise: t = t + noise * narrow[k].std() * torch.randn(t.shape, generator=g).to(t)
+        sd[k] = t
+    W.load_state_dict(sd)
+    return W
 
 # %% ../../nbs/21_methods.password.ipynb #875f4d87
 @torch.no_grad()
