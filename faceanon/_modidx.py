@@ -71,6 +71,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'faceanon.core.get_device': ('nbs/core.html#get_device', 'faceanon/core.py'),
                                'faceanon.core.image_grid': ('nbs/core.html#image_grid', 'faceanon/core.py'),
                                'faceanon.core.impl_rows': ('nbs/core.html#impl_rows', 'faceanon/core.py'),
+                               'faceanon.core.native_bf16': ('nbs/core.html#native_bf16', 'faceanon/core.py'),
                                'faceanon.core.save_image': ('nbs/core.html#save_image', 'faceanon/core.py'),
                                'faceanon.core.set_seed': ('nbs/core.html#set_seed', 'faceanon/core.py'),
                                'faceanon.core.show_images': ('nbs/core.html#show_images', 'faceanon/core.py'),

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['to_rgb', 'to_tensor', 'to_image', 'image_grid', 'show_images', 'set_seed', 'get_device', 'atomic_write', 'save_image',
-           'Timer', 'time_call', 'impl_rows']
+__all__ = ['to_rgb', 'to_tensor', 'to_image', 'image_grid', 'show_images', 'set_seed', 'get_device', 'native_bf16',
+           'atomic_write', 'save_image', 'Timer', 'time_call', 'impl_rows']
 
 # %% ../nbs/00_core.ipynb #a646e704
 def _alpha_over_white(a: np.ndarray) -> np.ndarray:
@@ -112,6 +112,19 @@ def get_device(pref: str | torch.device = 'auto') -> torch.device:
     if d.type == 'cuda' and not torch.cuda.is_available(): raise RuntimeError(f"device {pref!r} asked for, but CUDA is not available here")
     if d.type == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()): raise RuntimeError(f"device {pref!r} asked for, but MPS is not available here")
     return d
+
+_BF16_FLAGS = ('avx512_bf16', 'amx_bf16', 'bf16')     # x86 AVX-512 BF16 / AMX, Arm's BF16 extension
+
+def native_bf16(device: str | torch.device = 'cpu', cpuinfo: str | None = None) -> bool:
+    "Does `device` compute in bfloat16 natively? (CPU: its flags in /proc/cpuinfo, or `cpuinfo` text; elsewhere False.)"
+    d = torch.device(device)
+    if d.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if d.type != 'cpu': return False
+    if cpuinfo is None:
+        try: cpuinfo = Path('/proc/cpuinfo').read_text()
+        except OSError: return False                    # not Linux: we cannot tell, so do not assume
+    flags = {f for line in cpuinfo.splitlines() if line.split(':')[0].strip() in ('flags', 'Features') for f in line.split(':', 1)[1].split()}
+    return any(f in flags for f in _BF16_FLAGS)
 
 # %% ../nbs/00_core.ipynb #dc3eb1fd
 @contextmanager

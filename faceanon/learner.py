@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 from fastcore.basics import patch
-from .core import atomic_write, get_device, image_grid, save_image, set_seed
+from .core import atomic_write, get_device, image_grid, native_bf16, save_image, set_seed
 
 # %% auto #0
 __all__ = ['CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelStepException', 'Callback', 'run_cbs',
@@ -108,7 +108,7 @@ def to_device(b, device):
 
 def _amp_dtype(precision: str, device: torch.device):
     "Autocast dtype (or None) for a precision name on a device."
-    if precision == 'auto': precision = 'fp16' if device.type == 'cuda' else 'bf16'
+    if precision == 'auto': precision = 'fp16' if device.type == 'cuda' else 'bf16' if native_bf16(device) else 'fp32'
     if precision not in _PRECISIONS: raise ValueError(f"precision must be one of {list(_PRECISIONS) + ['auto']}, got {precision!r}")
     return _PRECISIONS[precision]
 
@@ -123,7 +123,7 @@ class Learner:
                  cbs: Sequence[Callback] = (),  # callbacks kept for every fit
                  device='auto',           # 'auto', 'cpu', 'cuda:1', ... (see faceanon.core.get_device)
                  precision: str = 'fp32', # 'fp32', 'bf16', 'fp16' or 'auto'
-                 channels_last: bool = False,  # keep the models' 4-D weights channels-last (NHWC): faster convolutions on CPU
+                 channels_last: bool = False,  # keep the models' 4-D weights channels-last (NHWC): faster convolutions on some CPUs (AVX-512, AMX), slower on AVX2
                  seed: int = 0,           # seeds data order and (first fit) the RNGs, with `+ rank`
                  shuffle: bool = True,    # shuffle the data each epoch
                  num_workers: int = 0,    # DataLoader workers (exact resume needs 0 or per-item seeded augmentation)
@@ -506,7 +506,7 @@ def add_run_args(p, bs: int = 16,          # default global batch size of this m
     p.add_argument('--steps', type=int, default=steps, help='total batches (a resumed run finishes the same schedule)')
     p.add_argument('--bs', type=int, default=bs, help=f'global batch size (default: {bs})')
     p.add_argument('--precision', default=precision, choices=['fp32', 'bf16', 'fp16', 'auto'], help=f'autocast precision (default: {precision})')
-    p.add_argument('--channels-last', action='store_true', help='keep 4-D weights channels-last (NHWC): faster convolutions on CPU, esp. with bf16')
+    p.add_argument('--channels-last', action='store_true', help='keep 4-D weights channels-last (NHWC): faster convolutions on some CPUs (AVX-512, AMX), slower on others (AVX2); time a few steps first')
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
     p.add_argument('--seed', type=int, default=0, help='seed for weights, data order and sampling')
     p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.safetensors if it exists')

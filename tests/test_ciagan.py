@@ -126,7 +126,7 @@ def test_reid_drops_at_reduced_scale():
     assert rc <= r0 / 2 and dc > d9, (r0, r9, rc, d9, dc)            # measured with dlib at 64 px: 0.31 -> 0.125 (blur 9: 0.16); distance 0.45 vs 0.40
 
 def test_bench_rows():
-    rows = C.bench_ciagan(size=16, n_ids=10, batch_sizes=(1,), repeats=1, train_bs=2, train_steps=1)
+    rows = C.bench_ciagan(size=16, n_ids=10, batch_sizes=(1,), repeats=1, train_bs=2, train_steps=1, precisions=('fp32', 'bf16'))
     fct.test_eq([(r['impl'], r['task']) for r in rows][-2:], [('official-style fp32', 'train step S+D+G'), ('ours bf16, fakes reused', 'train step S+D+G')])
     assert all(r.get('ms_per_image', 1) > 0 and r.get('s_per_step', 1) > 0 for r in rows)
 

@@ -77,6 +77,14 @@ def test_bf16_autocast_on_cpu():
     fct.test_eq(seen[0], torch.bfloat16); fct.test_eq(learn.G.net[0].weight.dtype, torch.float32)
     assert math.isfinite(learn.logs['G']['loss'])
 
+def test_auto_precision_takes_bf16_only_on_native_cpus(monkeypatch):
+    import faceanon.learner as L
+    for native, want in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(L, 'native_bf16', lambda device='cpu': native)
+        learn = Learner(dict(G=make().G), [Phase('G', 'G', partial(torch.optim.Adam, lr=1e-2), lambda l: l.G(l.batch['z'], l.batch['y']).float().pow(2).mean())],
+                        Points(), bs=8, device='cpu', precision='auto')
+        fct.test_eq(learn.amp_dtype, want)
+
 def test_channels_last_layout_same_training(tmp_path):
     "channels_last=True stores conv weights NHWC, keeps them so through training, and trains like NCHW; checkpoints cross layouts."
     def conv_learner(cl):
