@@ -284,10 +284,18 @@ def test_train_channels_last(tmp_path):
 
 
 def test_bench_rows():
-    rows = pw.bench_password(size=32, ngf=4, batch_sizes=(1,), repeats=1, train_bs=2, threads=None)
+    rows = pw.bench_password(size=32, ngf=4, batch_sizes=(1,), repeats=1, train_bs=2, threads=None, precisions=('fp32', 'bf16'))
     fct.test_eq([(r['task'], r['impl']) for r in rows][2:], [('inference', 'ours bf16 folded channels-last'), ('forward+backward', 'official-style fp32'),
                                                          ('forward+backward', 'ours fp32 channels-last'), ('forward+backward', 'ours bf16 channels-last')])
     assert all(r.get('ms_per_image', r.get('s_per_step')) > 0 for r in rows)
+
+
+def test_bench_times_bf16_only_where_native(monkeypatch):
+    for native, n_rows in ((False, 4), (True, 6)):                 # official + ours per precision, inference and training
+        monkeypatch.setattr(pw, 'native_bf16', lambda device='cpu': native)
+        rows = pw.bench_password(size=32, ngf=4, batch_sizes=(1,), repeats=1, train_bs=2, threads=None)
+        fct.test_eq(len(rows), n_rows)
+        fct.test_eq(any('bf16' in r['impl'] for r in rows), native)
 
 
 def test_committed_weights():
@@ -353,6 +361,22 @@ def test_widen_transformer_keeps_the_function(n_down):
     with torch.no_grad(): assert (W2(x, p) - T(x, p)).abs().max() < 1e-5
     w0 = W.net[0][0].weight.detach()
     fct.test_eq(w0[:4], w0[4:])                                  # copied channels are tied ...
-    wn = pw.widen_transformer(T, noise=0.01).net[0][0].weight.detach()
+    Wn = pw.widen_transformer(T, noise=0.01); wn = Wn.net[0][0].weight.detach()
     assert (wn[:4] - wn[4:]).abs().max() > 0                     # ... until the noise unties them
-    with torch.no_grad(): assert 0 < (pw.widen_transformer(T, noise=0.01)(x, p) - T(x, p)).abs().mean() < 0.05
+    with torch.no_grad(): assert 0 < (Wn(x, p) - T(x, p)).abs().mean() < 0.05
+
+
+def test_widen_transformer_refuses_transposed_convs():
+    T = pw.Transformer(TINY)
+    T.net.append(torch.nn.ConvTranspose2d(3, 3, 1))                 # its weight is (in, out, k, k): widening would mix up the axes
+    fct.test_fail(lambda: pw.widen_transformer(T), contains='not transposed convolutions')
+
+
+def test_batch_statistics_of_one_face_erase_the_password():
+    "Official-style test (BN on each batch's own statistics) with one face per batch: the constant password planes are normalised away."
+    T = pw.Transformer(TINY).train()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    p, q = pw.int_bits(3, TINY.n_bits)[None], pw.int_bits(12, TINY.n_bits)[None]
+    with torch.no_grad():
+        fct.test_close(T(x, p), T(x, q), eps=1e-5)                     # same face under two passwords
+        T.eval(); assert (T(x, p) - T(x, q)).abs().max() > 1e-4        # running statistics keep the password

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ..core import set_seed, time_call, impl_rows
+from ..core import set_seed, time_call, impl_rows, native_bf16
 from ..layers import resnet_generator, patch_discriminator, patch_channels, MultiscaleDiscriminator, ChunkHead, conv_block, ResizeConv
 from ..losses import gan_losses, bitchunk_loss, chunk_accuracy, bits_to_chunks, id_classify_loss, id_confuse_loss, identity_loss, recon_loss
 from ..learner import Learner, Phase, Callback, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, LRDropCB, save_checkpoint, load_checkpoint, add_run_args
@@ -533,8 +533,9 @@ def prepare_for_inference(T: Transformer) -> Transformer:
     return T.to(memory_format=torch.channels_last)
 
 def bench_password(size: int = 128, ngf: int = 64, n_bits: int = 16, batch_sizes=(1, 16), repeats: int = 3, train_bs: int = 8,
-                   threads: int | None = 2, train: bool = True, precisions=('fp32', 'bf16')) -> list[dict]:
+                   threads: int | None = 2, train: bool = True, precisions=None) -> list[dict]:
     "Official-style eager fp32 NCHW transformer against ours (BN folded, channels-last, inference mode, bf16): inference and fwd+bwd."
+    precisions = precisions or (('fp32', 'bf16') if native_bf16() else ('fp32',))   # emulated bf16 is slow: time it only where it is native
     if threads: torch.set_num_threads(threads)
     cfg = PasswordConfig(size=size, ngf=ngf, n_bits=n_bits, d_scales=1)   # only T is timed
     torch.manual_seed(0)
@@ -626,6 +627,8 @@ def train_main(args) -> int:
 @torch.no_grad()
 def widen_transformer(T: Transformer, noise: float = 0.01, seed: int = 0) -> Transformer:
     "T at twice the width (ngf x 2) computing the same function (Net2WiderNet), plus `noise` x each conv's weight std to break the tie."
+    # weights are read as (out, in, k, k): right for T's convolutions and resize-convolutions, wrong for a transposed one's (in, out, k, k)
+    if any(isinstance(m, nn.ConvTranspose2d) for m in T.modules()): raise ValueError("widen_transformer handles convolutions and resize-convolutions, not transposed convolutions")
     W = Transformer(replace(T.cfg, ngf=2 * T.cfg.ngf)).to(next(T.parameters()).device).train(T.training)
     g, narrow, sd = torch.Generator().manual_seed(seed), T.state_dict(), {}
     for k, w in W.state_dict().items():
