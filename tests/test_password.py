@@ -380,3 +380,13 @@ def test_batch_statistics_of_one_face_erase_the_password():
     with torch.no_grad():
         fct.test_close(T(x, p), T(x, q), eps=1e-5)                     # same face under two passwords
         T.eval(); assert (T(x, p) - T(x, q)).abs().max() > 1e-4        # running statistics keep the password
+
+
+def test_faceanon_bench_gan_runs_both_generator_benches():
+    "`faceanon bench --gan --quick` calls every method's bench with quick=True; the password bench must accept it."
+    from faceanon.bench import BenchConfig, _gan_benches
+    rows = _gan_benches(BenchConfig(quick=True, gan=True))
+    assert any(r['impl'] == 'official-style fp32' for r in rows)
+    pw_rows = [r for r in rows if r.get('params') == sum(p.numel() for p in pw.Transformer(pw.PasswordConfig(size=64, ngf=16, d_scales=1)).parameters())]
+    fct.test_eq(sorted({r['task'] for r in pw_rows}), ['inference'])          # quick: no training step
+    assert len(pw_rows) >= 2 and all(r['ms_per_image'] > 0 for r in pw_rows), rows

@@ -533,8 +533,10 @@ def prepare_for_inference(T: Transformer) -> Transformer:
     return T.to(memory_format=torch.channels_last)
 
 def bench_password(size: int = 128, ngf: int = 64, n_bits: int = 16, batch_sizes=(1, 16), repeats: int = 3, train_bs: int = 8,
-                   threads: int | None = 2, train: bool = True, precisions=None) -> list[dict]:
+                   threads: int | None = 2, train: bool = True, precisions=None,
+                   quick: bool = False) -> list[dict]:          # 64 px at ngf 16, batch 1, no training step (`faceanon bench --gan --quick`)
     "Official-style eager fp32 NCHW transformer against ours (BN folded, channels-last, inference mode, bf16): inference and fwd+bwd."
+    if quick: size, ngf, batch_sizes, repeats, train = 64, 16, (1,), 2, False
     precisions = precisions or (('fp32', 'bf16') if native_bf16() else ('fp32',))   # emulated bf16 is slow: time it only where it is native
     if threads: torch.set_num_threads(threads)
     cfg = PasswordConfig(size=size, ngf=ngf, n_bits=n_bits, d_scales=1)   # only T is timed
