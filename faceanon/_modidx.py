@@ -68,6 +68,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'faceanon.core._array_to_uint8': ('nbs/core.html#_array_to_uint8', 'faceanon/core.py'),
                                'faceanon.core._as_uint8_list': ('nbs/core.html#_as_uint8_list', 'faceanon/core.py'),
                                'faceanon.core.atomic_write': ('nbs/core.html#atomic_write', 'faceanon/core.py'),
+                               'faceanon.core.bench_precisions': ('nbs/core.html#bench_precisions', 'faceanon/core.py'),
                                'faceanon.core.get_device': ('nbs/core.html#get_device', 'faceanon/core.py'),
                                'faceanon.core.image_grid': ('nbs/core.html#image_grid', 'faceanon/core.py'),
                                'faceanon.core.impl_rows': ('nbs/core.html#impl_rows', 'faceanon/core.py'),

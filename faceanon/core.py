@@ -14,7 +14,7 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['to_rgb', 'to_tensor', 'to_image', 'image_grid', 'show_images', 'set_seed', 'get_device', 'native_bf16',
-           'atomic_write', 'save_image', 'Timer', 'time_call', 'impl_rows']
+           'atomic_write', 'save_image', 'Timer', 'time_call', 'impl_rows', 'bench_precisions']
 
 # %% ../nbs/00_core.ipynb #a646e704
 def _alpha_over_white(a: np.ndarray) -> np.ndarray:
@@ -176,3 +176,7 @@ def impl_rows(impls: dict,      # name -> zero-argument callable running one bat
         ms = time_call(fn, repeats)[0]
         rows.append(dict(impl=name, task=task, batch=batch, ms_per_image=ms / batch, images_per_s=1000 * batch / ms, **common))
     return rows
+
+def bench_precisions(precisions=None) -> tuple:
+    "The precisions a benchmark times: as given, else fp32 and, where the CPU has bf16 units, bf16 (emulated bf16 is slow and tells nothing)."
+    return tuple(precisions) if precisions else ('fp32', 'bf16') if native_bf16() else ('fp32',)

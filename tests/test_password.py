@@ -291,8 +291,9 @@ def test_bench_rows():
 
 
 def test_bench_times_bf16_only_where_native(monkeypatch):
+    import faceanon.core
     for native, n_rows in ((False, 4), (True, 6)):                 # official + ours per precision, inference and training
-        monkeypatch.setattr(pw, 'native_bf16', lambda device='cpu': native)
+        monkeypatch.setattr(faceanon.core, 'native_bf16', lambda device='cpu': native)
         rows = pw.bench_password(size=32, ngf=4, batch_sizes=(1,), repeats=1, train_bs=2, threads=None)
         fct.test_eq(len(rows), n_rows)
         fct.test_eq(any('bf16' in r['impl'] for r in rows), native)

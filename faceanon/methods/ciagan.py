@@ -14,7 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from ..core import set_seed, to_image, impl_rows, native_bf16
+from ..core import set_seed, to_image, impl_rows, bench_precisions
 from ..align import warp_crops, invert_affines
 from ..layers import ciagan_block, conv2d, act_layer, norm_layer
 from ..losses import gan_losses, contrastive_loss, recon_loss
@@ -580,7 +580,7 @@ def bench_ciagan(quick: bool = False,                 # the 64 px CPU model, bat
                  threads: int | None = None,          # torch threads (None: leave as set, e.g. by `faceanon bench`)
                  train: bool = True, precisions=None) -> list[dict]:
     "Official-style eager fp32 generator (spectral norm, reflect padding, dense one-hot, NCHW) against ours: inference and a training step."
-    precisions = precisions or (('fp32', 'bf16') if native_bf16() else ('fp32',))   # emulated bf16 is slow: time it only where it is native
+    precisions = bench_precisions(precisions)
     if quick: size, n_ids, batch_sizes, repeats, train = 64, 100, (1,), 2, False
     if threads: torch.set_num_threads(threads)
     off_cfg, our_cfg = CiaganConfig(size=size, n_ids=n_ids, sn=True, padding_mode='reflect'), CiaganConfig(size=size, n_ids=n_ids)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ..core import set_seed, time_call, impl_rows, native_bf16
+from ..core import set_seed, time_call, impl_rows, bench_precisions
 from ..layers import resnet_generator, patch_discriminator, patch_channels, MultiscaleDiscriminator, ChunkHead, conv_block, ResizeConv
 from ..losses import gan_losses, bitchunk_loss, chunk_accuracy, bits_to_chunks, id_classify_loss, id_confuse_loss, identity_loss, recon_loss
 from ..learner import Learner, Phase, Callback, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, LRDropCB, save_checkpoint, load_checkpoint, add_run_args
@@ -537,7 +537,7 @@ def bench_password(size: int = 128, ngf: int = 64, n_bits: int = 16, batch_sizes
                    quick: bool = False) -> list[dict]:          # 64 px at ngf 16, batch 1, no training step (`faceanon bench --gan --quick`)
     "Official-style eager fp32 NCHW transformer against ours (BN folded, channels-last, inference mode, bf16): inference and fwd+bwd."
     if quick: size, ngf, batch_sizes, repeats, train = 64, 16, (1,), 2, False
-    precisions = precisions or (('fp32', 'bf16') if native_bf16() else ('fp32',))   # emulated bf16 is slow: time it only where it is native
+    precisions = bench_precisions(precisions)
     if threads: torch.set_num_threads(threads)
     cfg = PasswordConfig(size=size, ngf=ngf, n_bits=n_bits, d_scales=1)   # only T is timed
     torch.manual_seed(0)
