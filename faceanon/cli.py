@@ -15,12 +15,12 @@ from .methods.base import available_methods, method_doc, get_method
 from .pipeline import anonymize_paths, anonymize_image, UnsafeOutputError
 from .detect import Face, detect_faces, draw_faces, landmarks5_from_68
 from .data.synthetic import synth_scene
-from .metrics import add_evaluate_args, evaluate_cmd
+from .evaluate import EvalConfig, evaluate, get_recognizer
 
 # %% auto #0
 __all__ = ['COMMANDS', 'METHOD_OPTIONS', 'TRAINERS', 'Command', 'command', 'build_parser', 'main', 'methods_cmd',
            'method_from_args', 'anonymize_cmd', 'titled', 'demo_photos', 'view_box', 'demo_grid', 'demo_cmd',
-           'train_cmd', 'recover_cmd', 'bench_cmd']
+           'evaluate_cmd', 'train_cmd', 'recover_cmd', 'bench_cmd']
 
 # %% ../nbs/40_cli.ipynb #d606d4c2
 @dataclass
@@ -162,7 +162,34 @@ def demo_cmd(args) -> int:
     return 0
 
 # %% ../nbs/40_cli.ipynb #f58c5256
-_ = command('evaluate', 'measure privacy, realism, utility and speed of methods; write a report', add_evaluate_args)(evaluate_cmd)
+_DEFAULT_METHODS = 'identity,blur9,blur17,pixelate8,pixelate16,mask'
+
+def _evaluate_args(p):
+    "Declare `faceanon evaluate` options on an argparse parser."
+    d = EvalConfig()
+    p.add_argument('--methods', default=_DEFAULT_METHODS, help=f'comma-separated method names (default: {_DEFAULT_METHODS})')
+    p.add_argument('--data', default='synth', help="'synth', 'photos' (the real face-api group photos: make photos) or a folder with one sub-folder of photos per person")
+    p.add_argument('--seed', type=int, default=0, help='seed for data, methods and subsets (same seed, same report.json)')
+    p.add_argument('-o', '--out', required=True, help='report directory (report.json, speed.json, report.md, plots)')
+    p.add_argument('--recognizer', default='auto', help="'auto', 'facenet-synth', 'dlib' or a saved recognizer file")
+    p.add_argument('--features', default=d.features, choices=['onet', 'inception'], help='realism features (inception = FID, needs local weights)')
+    p.add_argument('--n-ids', type=int, default=d.n_ids, help='synthetic identities'); p.add_argument('--per-id', type=int, default=d.per_id, help='synthetic images per identity')
+    p.add_argument('--n-gallery', type=int, default=d.n_gallery, help='gallery images per identity (the rest are probes)')
+    p.add_argument('--detector', default=d.detector, help="detector for utility metrics ('' skips them)")
+    p.add_argument('--no-speed', action='store_true', help='skip timing'); p.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+@command('evaluate', 'measure privacy, realism, utility and speed of methods; write a report', _evaluate_args)
+def evaluate_cmd(args) -> int:
+    "Run `faceanon evaluate`; print the table; 0 on success, 2 on a usage error."
+    cfg = EvalConfig(n_ids=args.n_ids, per_id=args.per_id, n_gallery=args.n_gallery, features=args.features, detector=args.detector,
+                     **(dict(speed_batches=()) if args.no_speed else {}))
+    try:
+        rec = None if args.recognizer == 'auto' else get_recognizer(args.recognizer)
+        res = evaluate(args.methods, args.data, args.seed, args.out, recognizer=rec, config=cfg, progress=not args.no_progress)
+    except (KeyError, ValueError, FileNotFoundError, ImportError) as e:
+        print(f"faceanon evaluate: error: {e.args[0] if e.args else e}", file=sys.stderr); return 2
+    print(res.table()); print(f"\nreport written to {args.out}")
+    return 0
 
 # %% ../nbs/40_cli.ipynb #2c7d5b76
 from .methods import ciagan, password

@@ -115,7 +115,9 @@ def test_committed_method_seeded_and_diverse(test_faces):
     fct.test_eq(m(five, seed=0).shape, (2, 3, 64, 64))
 
 def test_reid_drops_at_reduced_scale():
-    from faceanon.metrics import synth_eval_set, anonymize_all, embed_all, reid_rate, identity_distance
+    from faceanon.evalsets import synth_eval_set
+    from faceanon.evaluate import anonymize_all
+    from faceanon.measures import embed_all, reid_rate, identity_distance
     e = synth_eval_set(n_ids=16, per_id=3, n_gallery=1, size=64, n_clips=0)
     rec = DlibRecognizer()                                            # the same judge on every machine (the cached FaceNet may be absent)
     gal, src = embed_all(rec, e.gallery), embed_all(rec, e.probes.images)

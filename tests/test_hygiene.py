@@ -42,3 +42,20 @@ def test_ci_runs_the_readme_test_command():
     cmds = re.findall(r'^\s*(make \w+)\b', readme.split('\n## ')[0], flags=re.M)
     fct.test_eq(cmds, ['make demo', 'make test'])
     assert re.search(r'^make test$', ci, flags=re.M), '.ci/run must call the README test command'
+
+# the floors of the library, bottom up (HOUSE_STYLE "Where new rooms go"); evalsets stands on the method contract only
+BELOW_METHODS = ['core', 'data.synthetic', 'data.photos', 'detect', 'layers', 'losses', 'gradcam', 'align', 'learner', 'identity', 'measures']
+
+def _imports(mod):
+    src = (ROOT / 'faceanon' / (mod.replace('.', '/') + '.py')).read_text()
+    return set(re.findall(r'^\s*(?:from|import)\s+(?:faceanon)?(\.*[\w.]+)', src, flags=re.M))
+
+@pytest.mark.parametrize('mod', BELOW_METHODS)
+def test_modules_below_the_methods_never_import_them(mod):
+    bad = {i for i in _imports(mod) if 'methods' in i or i.lstrip('.') in ('evaluate', 'evalsets', 'pipeline', 'bench', 'cli')}
+    fct.test_eq(bad, set())
+
+def test_evalsets_take_only_the_method_contract_and_only_cli_calls_evaluate():
+    fct.test_eq({i for i in _imports('evalsets') if 'methods' in i}, {'.methods.base'})
+    users = [p for p in MODULES if re.search(r'^\s*from\s+(faceanon)?\.evaluate\s+import', p.read_text(), flags=re.M)]
+    fct.test_eq([modname(p) for p in users], ['faceanon.cli'])

@@ -335,7 +335,7 @@ def test_init_from_file_then_fine_tune(tmp_path):
 
 def test_aux4_weights_use_every_bit():
     "The aux4 model writes all 16 bits (the default model leaves bits 13-16 dead) and Q reads every chunk well above chance."
-    from faceanon.metrics import synth_eval_set
+    from faceanon.evalsets import synth_eval_set
     T, Q, info = pw.load_transformer(pw.default_weights().with_name('password_aux4_synth64.safetensors'))
     fct.test_eq((T.cfg.n_bits, T.cfg.w_aux, info['steps']), (16, 4., 12000))
     x = synth_eval_set(n_ids=20, per_id=4, n_gallery=2, size=64, n_clips=0).probes.images

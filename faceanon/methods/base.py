@@ -85,6 +85,7 @@ class AnonMethod:
     composite: bool = True      # keep input pixels outside the mask
     color_match: bool = False   # ask paste-back to match colours to the photo
     requires: tuple = ()        # FaceBatch fields that must not be None, e.g. ('landmarks',)
+    reversible: bool = False    # True: `restore` undoes `__call__` given the seed (its key) it ran under
 
     def anonymize(self, batch: FaceBatch, generator: torch.Generator) -> torch.Tensor:
         "Return anonymized crops (B, 3, S, S) in [-1, 1]."
@@ -102,6 +103,10 @@ class AnonMethod:
         if out.shape != batch.images.shape: raise RuntimeError(f"method {self.name!r} returned shape {tuple(out.shape)}, expected {tuple(batch.images.shape)}")
         out = out.clamp(-1, 1)
         return blend_masked(batch.images, out, batch.masks) if self.composite else out
+
+    def restore(self, anonymized: FaceBatch, seed: int, wrong: bool = False) -> torch.Tensor:
+        "Undo `self(batch, seed)` on its output with the key `seed` drew (wrong=True: with another key); (B, 3, S, S)."
+        raise NotImplementedError(f"method {self.name!r} is not reversible")
 
     def __repr__(self): return f"{type(self).__name__}(name={self.name!r}, crop_size={self.crop_size})"
 

@@ -28,9 +28,8 @@ __all__ = ['JAW', 'NOSE_BRIDGE', 'INNER_LIPS', 'LANDMARK_LINES', 'TABLE2', 'TABL
            'fake_batch', 'critic_input', 'siamese_loss', 'generator_loss', 'critic_loss', 'ciagan_phases',
            'ciagan_models', 'ciagan_learner', 'save_generator', 'load_generator', 'ciagan_data', 'train_ciagan',
            'export_generator', 'similarity_to_template', 'read_celeba_lists', 'landmarks68_from5', 'align_to_template',
-           'celeba_arrays', 'write_celeba_fixture', 'anonymize_crops', 'default_weights', 'CiaganMethod', 'pose_error',
-           'eval_recognizer', 'evaluate_ciagan', 'anonymize_as', 'prepare_for_inference', 'generator_gflop',
-           'bench_ciagan', 'add_train_args', 'train_main']
+           'celeba_arrays', 'write_celeba_fixture', 'anonymize_crops', 'default_weights', 'CiaganMethod',
+           'anonymize_as', 'prepare_for_inference', 'generator_gflop', 'bench_ciagan', 'add_train_args', 'train_main']
 
 # %% ../../nbs/20_methods.ciagan.ipynb #bf49470f
 @dataclass
@@ -506,34 +505,6 @@ class CiaganMethod(AnonMethod):
 
     def __call__(self, batch: FaceBatch, seed: int | None = None) -> torch.Tensor:
         return super().__call__(batch, self.seed if seed is None else seed)
-
-# %% ../../nbs/20_methods.ciagan.ipynb #eaed777b
-def pose_error(outputs: torch.Tensor, landmarks: torch.Tensor, detector) -> float:
-    "Mean NME of the detector's five points on outputs (B, 3, S, S) against ground-truth 68 landmarks (B, 68, 2); undetected faces skipped."
-    from faceanon.metrics import detect_landmarks5, landmark_nme
-    found = [(d, g) for d, g in zip(detect_landmarks5(outputs, detector), landmarks68_to_5(landmarks)) if d is not None]
-    return landmark_nme(torch.stack([d for d, _ in found]), torch.stack([g for _, g in found])).mean().item() if found else float('nan')
-
-def eval_recognizer():
-    "The judge: the cached SynthFaces FaceNet when this machine has it (never trained here), else dlib's ResNet."
-    from faceanon import identity
-    p = identity.recognizer_cache_path()
-    return identity.load_recognizer(p) if p.exists() else identity.DlibRecognizer()
-
-def evaluate_ciagan(weights=None, baselines=('identity', 'blur9', 'blur17', 'pixelate8', 'pixelate16'), seed: int = 0, config=None,
-                    recognizer=None):
-    "faceanon.metrics.evaluate of CIAGAN beside the baselines on SynthFaces test identities, plus a pose-error column."
-    from faceanon.metrics import evaluate, EvalConfig
-    from faceanon.methods.base import get_method
-    cfg = config or EvalConfig(n_ids=12, per_id=4, n_gallery=2, n_utility=24, speed_batches=(), n_clips=0)
-    methods = [get_method(b) for b in baselines] + [get_method('ciagan', weights=weights, realign=False)]
-    res = evaluate(methods, 'synth', seed=seed, config=cfg, progress=False, recognizer=recognizer or eval_recognizer())
-    if cfg.detector:
-        from faceanon.detect import get_detector
-        det, e = get_detector(cfg.detector), res.eset
-        for name, out in res.outputs.items():
-            res.report['methods'][name]['pose_error'] = pose_error(out[:cfg.n_utility], e.probes.landmarks[:cfg.n_utility], det)
-    return res
 
 # %% ../../nbs/20_methods.ciagan.ipynb #a67a4f82
 def anonymize_as(G: CiaganGenerator, image: torch.Tensor, landmarks: torch.Tensor, target: int,

@@ -17,7 +17,7 @@ from ..core import set_seed, time_call, impl_rows, bench_precisions
 from ..layers import resnet_generator, patch_discriminator, patch_channels, MultiscaleDiscriminator, ChunkHead, conv_block, ResizeConv
 from ..losses import gan_losses, bitchunk_loss, chunk_accuracy, bits_to_chunks, id_classify_loss, id_confuse_loss, identity_loss, recon_loss
 from ..learner import Learner, Phase, Callback, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, LRDropCB, save_checkpoint, load_checkpoint, add_run_args
-from .base import AnonMethod, FaceBatch, register_method
+from .base import AnonMethod, FaceBatch, register_method, blend_masked
 
 # %% auto #0
 __all__ = ['PASSWORD_SALT', 'PBKDF2_ITERATIONS', 'IMAGE_EXTS', 'PasswordConfig', 'inverse', 'random_bits', 'random_other',
@@ -437,6 +437,7 @@ def default_weights() -> Path:
 @register_method('password')
 class PasswordMethod(AnonMethod):
     "Password-conditioned identity transformer (Gu et al. 2020): anonymize with a password, recover with the same one."
+    reversible = True                           # restore(A, seed) = T(A, ¬p) with the password the seed drew
     def __init__(self, weights=None,            # a transformer file from train_password (default: the committed SynthFaces model)
                  password=None,                 # phrase, bit string, int or bits; None = a random password per face from the seed
                  recover: bool = False,         # True: run the inverse direction (R = T(A, ¬p)), needs the password
@@ -453,11 +454,26 @@ class PasswordMethod(AnonMethod):
         dev = next(self.T.parameters()).device
         x = batch.images.to(dev).float()
         if x.shape[-1] != self.crop_size: raise ValueError(f"this model works on {self.crop_size} px crops, got {x.shape[-1]} px")
-        bits = self.bits if self.bits is not None else random_bits(len(x), self.cfg.n_bits, generator if generator.device.type == 'cpu' else None)
+        return self._run(x, self.passwords(len(x), generator.initial_seed()), inverse_dir=self.recover).to(batch.images)
+
+    def passwords(self, n: int, seed: int, wrong: bool = False) -> torch.Tensor:
+        "(n, N) bits: the fixed password, or one per face drawn on the CPU from `seed` (any device, same draw); wrong=True: others, row by row."
+        g = torch.Generator().manual_seed(seed)
+        bits = self.bits.expand(n, -1) if self.bits is not None else random_bits(n, self.cfg.n_bits, g)
+        return random_other([bits], self.cfg.n_bits, g) if wrong else bits
+
+    def _run(self, x: torch.Tensor, bits: torch.Tensor, inverse_dir: bool) -> torch.Tensor:
+        "T on the inference copy (made on first use): recover(x, bits) if inverse_dir else password_anonymize(x, bits)."
         if self._fast is None: self._fast = prepare_for_inference(self.T)     # BN folded, channels-last: see "Speed" below
-        x = x.contiguous(memory_format=torch.channels_last)
-        out = recover(self._fast, x, bits) if self.recover else password_anonymize(self._fast, x, bits)
-        return out.contiguous().to(batch.images)
+        x, bits = x.contiguous(memory_format=torch.channels_last), bits.to(x.device)
+        return (recover if inverse_dir else password_anonymize)(self._fast, x, bits).contiguous()
+
+    def restore(self, anonymized: FaceBatch, seed: int, wrong: bool = False) -> torch.Tensor:
+        "R = T(A, ¬p) for A = self(batch, seed), composited in the mask as `__call__` does; wrong=True: another password per face."
+        if self.recover: raise ValueError("this method already runs the inverse direction (recover=True); restore the anonymizing one")
+        x = anonymized.images.to(next(self.T.parameters()).device).float()
+        out = self._run(x, self.passwords(len(x), seed, wrong), inverse_dir=True).to(anonymized.images).clamp(-1, 1)
+        return blend_masked(anonymized.images, out, anonymized.masks)
 
 # %% ../../nbs/21_methods.password.ipynb #8bbf7517
 @torch.no_grad()
@@ -475,7 +491,7 @@ def bit_sensitivity(T: Transformer, x: torch.Tensor, p: torch.Tensor) -> torch.T
 @torch.no_grad()
 def evaluate_password(T: Transformer, Q: PasswordQ | None, recognizer, eset, seed: int = 0, n_div: int = 4, bs: int = 64) -> dict:
     "L1 of A/R/WR, re-identification of I/A/R/WR/blur-9, Q's chunk accuracy, identity diversity over passwords."
-    from faceanon.metrics import l1_error, reid_rate, diversity, embed_all
+    from faceanon.measures import l1_error, reid_rate, diversity, embed_all
     from faceanon.methods.base import get_method
     import faceanon.methods.baselines  # registers blur9
     T = T.eval(); x, ids = eset.probes.images, eset.probe_ids

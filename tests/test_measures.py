@@ -1,10 +1,10 @@
-"Metrics: closed-form Fréchet distances, SSIM against scikit-image, KID against a loop, privacy/utility/temporal numbers."
+"Measures: closed-form Fréchet distances, SSIM against scikit-image, KID against a loop, privacy/utility/temporal numbers."
 import numpy as np
 import pytest
 import torch
 import fastcore.test as fct
 from skimage.metrics import structural_similarity, peak_signal_noise_ratio
-from faceanon.metrics import (frechet_distance, frechet_distance_features, gaussian_stats, kid, mmd2_unbiased, ssim, psnr,
+from faceanon.measures import (frechet_distance, frechet_distance_features, gaussian_stats, kid, mmd2_unbiased, ssim, psnr,
                               l1_error, l2_error, reconstruction_metrics, lpips_distance, get_features, fd_name, InceptionFeatures,
                               reid_rate, verification_rate, identity_distance, diversity, flicker, identity_drift, landmark_nme,
                               measure_speed, realism)
@@ -169,82 +169,3 @@ def test_measure_speed_rows():
     for r in rows:
         fct.test_close(r['faces_per_s'] * r['ms_per_face'], 1000, eps=1e-6)
         assert r['rss_peak_mb'] > 10 and r['cuda_peak_mb'] is None
-
-
-# ---------------------------------------------------------------- evaluate / CLI
-import json, subprocess, sys
-from pathlib import Path
-from faceanon.metrics import evaluate, EvalConfig, gallery_split, toy_eval_set, PooledPixels
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICK = dict(detector='', n_clips=0, n_controls=2, n_diversity=4, speed_batches=(1,), speed_repeats=1)
-
-
-def test_gallery_split_disjoint():
-    ids = torch.tensor([0, 0, 1, 0, 1, 1, 2])
-    fct.test_eq(gallery_split(ids, 1).tolist(), [True, False, True, False, False, False, True])
-    fct.test_eq(gallery_split(ids, 2).tolist(), [True, True, True, False, True, False, True])
-
-
-def test_evaluate_same_seed_same_json(tmp_path):
-    run = lambda d: evaluate('identity,blur17,mask,noise', toy_eval_set(seed=1), seed=3, out_dir=tmp_path / d, recognizer=PooledPixels(),
-                             config=EvalConfig(**QUICK), progress=False)
-    r = run('a'); run('b')
-    a, b = (tmp_path / 'a' / 'report.json').read_bytes(), (tmp_path / 'b' / 'report.json').read_bytes()
-    fct.test_eq(a, b)
-    rep = json.loads(a)
-    fct.test_eq(rep, r.report)
-    fct.test_eq(list(rep['methods']), ['identity', 'blur17', 'mask', 'noise'])
-    fct.test_eq((rep['n_ids'], rep['n_probes'], rep['n_gallery']), (6, 12, 12))
-    m = rep['methods']
-    fct.test_eq(m['identity']['privacy']['reid'], 1.0)
-    fct.test_eq(m['mask']['privacy']['reid'], rep['chance_reid'])           # identical outputs: one guess for all = chance
-    assert m['noise']['diversity'] > 0.01 > abs(m['identity']['diversity'])
-    assert (tmp_path / 'a' / 'report.md').read_text().count('\n| ') == 4 + 1
-    assert (tmp_path / 'a' / 'tradeoff.png').stat().st_size > 1000 and (tmp_path / 'a' / 'samples.png').exists()
-    fct.test_eq(sorted(json.loads((tmp_path / 'a' / 'speed.json').read_text())), ['blur17', 'identity', 'mask', 'noise'])
-
-
-def test_evaluate_seed_changes_random_methods_only():
-    cfg = EvalConfig(**(QUICK | dict(speed_batches=())))
-    r1, r2 = [evaluate('noise,blur9', toy_eval_set(), seed=s, recognizer=PooledPixels(), config=cfg, progress=False) for s in (0, 1)]
-    assert r1.report['methods']['noise'] != r2.report['methods']['noise']
-    fct.test_eq(r1.report['methods']['blur9']['privacy'], r2.report['methods']['blur9']['privacy'])
-    assert 'utility' not in r1.report['methods']['noise'] and r1.speed == {}
-
-
-def test_cli_evaluate_usage_error():
-    r = subprocess.run([sys.executable, '-c', 'import argparse, sys; from faceanon.metrics import add_evaluate_args, evaluate_cmd; '
-                        'p = argparse.ArgumentParser(); add_evaluate_args(p); sys.exit(evaluate_cmd(p.parse_args(sys.argv[1:])))',
-                        '--methods', 'blur9,nope', '-o', 'unused'], capture_output=True, text=True, cwd=ROOT)
-    fct.test_eq(r.returncode, 2)
-    assert "unknown method 'nope'" in r.stderr and 'Traceback' not in r.stderr
-
-
-def test_evaluate_on_synthfaces_with_clips_and_detector():
-    cfg = EvalConfig(n_ids=3, per_id=3, n_gallery=1, n_utility=3, n_controls=2, n_diversity=2, n_clips=1, n_frames=3, speed_batches=())
-    r = evaluate('identity,mask', 'synth', seed=0, recognizer=PooledPixels(), config=cfg, progress=False)
-    fct.test_eq((r.report['n_ids'], r.report['n_probes'], r.report['n_gallery']), (3, 6, 3))
-    fct.test_eq(r.eset.probes.masks.shape, (6, 1, 64, 64))
-    assert 0.05 < r.eset.probes.masks.mean() < 0.6                        # the face region, not the whole crop
-    u, t = r.report['methods']['identity']['utility'], r.report['methods']['identity']['temporal']
-    fct.test_eq(u['detect_rel'], 1.0); fct.test_eq(u['landmark_nme'], 0.0)   # the no-op changes nothing a detector sees
-    fct.test_close(t['flicker'], t['flicker_input'], eps=1e-9)
-    assert r.report['methods']['mask']['privacy']['id_distance'] > r.report['methods']['identity']['privacy']['id_distance']
-
-
-def test_photos_eval_set_second_view_and_dlib_judge():
-    from faceanon.metrics import photos_eval_set, evaluate, EvalConfig
-    from faceanon.data.photos import astronaut
-    ast = astronaut()
-    es = photos_eval_set([ast, np.ascontiguousarray(ast[:, ::-1])], name='ast2')
-    fct.test_eq(es.gallery.shape, (2, 3, 128, 128)); fct.test_eq(es.probe_ids.tolist(), [0, 1])
-    assert (es.gallery[0] - es.probes.images[0].flip(-1)).abs().mean() < (es.gallery[0] - es.probes.images[0]).abs().mean()
-    assert not torch.equal(es.gallery[0], es.probes.images[0].flip(-1))     # jittered and JPEG'd, not a copy
-    pytest.importorskip('dlib')
-    from faceanon.identity import DlibRecognizer
-    res = evaluate('identity,mask', es, recognizer=DlibRecognizer(), progress=False,
-                   config=EvalConfig(n_clips=0, speed_batches=(), n_controls=0, detector=''))
-    M = res.report['methods']
-    assert M['identity']['privacy']['verification'] == 1 and M['mask']['privacy']['verification'] == 0, M
-    with pytest.raises(ValueError, match='at least two faces'): photos_eval_set([np.zeros((64, 64, 3), np.uint8)] * 2)
