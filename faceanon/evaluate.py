@@ -16,7 +16,7 @@ from .measures import (extract_features, fd_name, get_features, kid, frechet_dis
                                privacy_metrics, l1_error, ssim, batch_slices)
 from .evalsets import EvalSet, synth_eval_set, photos_eval_set, folder_eval_set
 from .methods.base import FaceBatch, get_method
-import faceanon.methods.baselines, faceanon.methods.ciagan, faceanon.methods.password   # registers every method evaluate refers to by name
+import faceanon.methods.baselines, faceanon.methods.ciagan, faceanon.methods.password, faceanon.methods.distraction   # registers every method by name
 
 # %% auto #0
 __all__ = ['EvalConfig', 'anonymize_all', 'realism_vs', 'diversity_for', 'temporal_for', 'evaluate_method', 'speed_for',

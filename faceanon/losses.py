@@ -12,8 +12,8 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['GAN_LOSSES', 'over_scales', 'lsgan_d_loss', 'lsgan_g_loss', 'ns_d_loss', 'ns_g_loss', 'hinge_d_loss', 'hinge_g_loss',
            'gan_losses', 'r1_penalty', 'contrastive_loss', 'cosine_distance', 'identity_loss', 'id_classify_loss',
-           'id_confuse_loss', 'recon_loss', 'bits_to_chunks', 'chunks_to_bits', 'bitchunk_loss', 'chunk_accuracy',
-           'bit_accuracy']
+           'id_confuse_loss', 'distraction_identity_loss', 'recon_loss', 'bits_to_chunks', 'chunks_to_bits',
+           'bitchunk_loss', 'chunk_accuracy', 'bit_accuracy']
 
 # %% ../nbs/15_losses.ipynb #7e47caa3
 def over_scales(loss):
@@ -105,6 +105,14 @@ def id_confuse_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = 'neg
         logp = F.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]   # log p_true
         return -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)).mean()
     raise ValueError(f"kind must be 'neg_ce' or 'ns', got {kind!r}")
+
+# %% ../nbs/15_losses.ipynb #4d27d3b9
+def distraction_identity_loss(e: torch.Tensor,      # (B, D) embeddings of the anonymized faces
+                              f_hat: torch.Tensor,  # (B, D) the recast identity feature the generator was given
+                              f: torch.Tensor,      # (B, D) the original identity feature
+                              margin: float = 0.3) -> torch.Tensor:
+    "Near f_hat, away from f: identity_loss(e, f_hat, 'same') + identity_loss(e, f, 'different', margin)."
+    return identity_loss(e, f_hat, 'same') + identity_loss(e, f, 'different', margin)
 
 # %% ../nbs/15_losses.ipynb #96517611
 def recon_loss(x: torch.Tensor, y: torch.Tensor,  # (B, C, H, W) images
