@@ -861,6 +861,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                    'faceanon/methods/distraction.py'),
                                               'faceanon.methods.distraction.export_distraction': ( 'nbs/methods.distraction.html#export_distraction',
                                                                                                    'faceanon/methods/distraction.py'),
+                                              'faceanon.methods.distraction.face_parts': ( 'nbs/methods.distraction.html#face_parts',
+                                                                                           'faceanon/methods/distraction.py'),
                                               'faceanon.methods.distraction.facenet_for': ( 'nbs/methods.distraction.html#facenet_for',
                                                                                             'faceanon/methods/distraction.py'),
                                               'faceanon.methods.distraction.five_point_affines': ( 'nbs/methods.distraction.html#five_point_affines',

@@ -15,6 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from ..core import set_seed, impl_rows, bench_precisions
+from ..data.synthetic import FACE_CLASSES, PARSING_COLOURS
 from ..layers import ResBlock, AdaIN, SumPool, conv2d, linear
 from ..losses import gan_losses, recon_loss, distraction_identity_loss
 from ..learner import Learner, Phase, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, EMACB, save_checkpoint, load_checkpoint, add_run_args
@@ -22,7 +23,7 @@ from ..identity import FaceNet, FaceNetConfig, train_facenet, load_facenet, face
 from .base import AnonMethod, FaceBatch, register_method, landmarks68_to_5
 
 # %% auto #0
-__all__ = ['FACE_PARTS', 'GEOMETRY_COLOURS', 'DistractionConfig', 'facenet_for', 'identity_features', 'geometry_map',
+__all__ = ['GEOMETRY_COLOURS', 'DistractionConfig', 'facenet_for', 'identity_features', 'face_parts', 'geometry_map',
            'landmark_labels', 'five_point_affines', 'align_delegates', 'geometry_distance', 'pick_delegate',
            'choose_delegates', 'AppearanceEncoder', 'DistractionGenerator', 'DistractionCritic', 'DistractionData',
            'generator_loss', 'critic_loss', 'distraction_phases', 'synth_training_data', 'train_distraction',
@@ -77,13 +78,15 @@ def identity_features(Fnet: FaceNet, x: torch.Tensor, strength: float | torch.Te
     return torch.cat(fs), torch.cat(fh)
 
 # %% ../../nbs/22_methods.distraction.ipynb #c7ff3e02
-FACE_PARTS = (1, 2, 3, 4, 5, 6)   # skin, brows, eyes, nose, lips, mouth (faceanon.data.synthetic.PARSING_CLASSES)
-GEOMETRY_COLOURS = torch.tensor([[0, 0, 0], [230, 180, 140], [120, 60, 20], [40, 120, 255], [255, 200, 0], [220, 30, 60], [90, 0, 120]]) / 127.5 - 1
+GEOMETRY_COLOURS = torch.tensor(PARSING_COLOURS[:max(FACE_CLASSES) + 1], dtype=torch.float32) / 127.5 - 1   # SynthFaces' palette, face parts only
+
+def face_parts(labels: torch.Tensor) -> torch.Tensor:
+    "Part labels with everything but the face parts (FACE_CLASSES: skin .. mouth) set to 0 (background)."
+    return torch.where(torch.isin(labels, torch.tensor(FACE_CLASSES, device=labels.device)), labels, torch.zeros_like(labels))
 
 def geometry_map(labels: torch.Tensor) -> torch.Tensor:
     "Face-part labels (B, S, S) -> the 3-channel geometry structure S (B, 3, S, S) in [-1, 1]; hair and background are 0."
-    lab = torch.where((labels >= 1) & (labels <= 6), labels, torch.zeros_like(labels))
-    return GEOMETRY_COLOURS.to(labels.device)[lab].permute(0, 3, 1, 2).contiguous()
+    return GEOMETRY_COLOURS.to(labels.device)[face_parts(labels)].permute(0, 3, 1, 2).contiguous()
 
 _PARTS68 = [(1, 'skin'), (2, range(17, 22)), (2, range(22, 27)), (3, range(36, 42)), (3, range(42, 48)), (4, 'nose'), (5, range(48, 60)), (6, range(60, 68))]
 
@@ -191,14 +194,14 @@ class DistractionCritic(nn.Module):
 # %% ../../nbs/22_methods.distraction.ipynb #b18bc117
 def _face_region(labels: torch.Tensor, grow: int = 2) -> torch.Tensor:
     "(B, S, S) part labels -> (B, 1, S, S) float face mask, dilated by `grow` px."
-    m = ((labels >= 1) & (labels <= 6)).float()[:, None]
+    m = (face_parts(labels) > 0).float()[:, None]
     return F.max_pool2d(m, 2 * grow + 1, 1, grow)
 
 class DistractionData(torch.utils.data.Dataset):
     "Training items: a face, its identity codes f and f_hat, its geometry (parsing or landmark-drawn), and a delegate's geometry and image."
     def __init__(self, images, landmarks, parsing, ids, f, f_hat, cfg: DistractionConfig, draws: int = 4, seed: int = 0):
         self.images, self.lm, self.ids, self.f, self.f_hat, self.cfg, self.seed = images, landmarks.float(), ids, f, f_hat, cfg, seed
-        self.parts = torch.where((parsing >= 1) & (parsing <= 6), parsing, torch.zeros_like(parsing))
+        self.parts = face_parts(parsing)
         self.lm_parts = landmark_labels(self.lm, cfg.size)
         self.n, self.draws = len(images), draws
     def __len__(self): return self.n * self.draws
@@ -373,7 +376,7 @@ class DistractionMethod(AnonMethod):
         xs = x if S == s else F.interpolate(x, size=s, mode='bilinear', align_corners=False, antialias=True)
         own = (F.interpolate(batch.parsing[:, None].float(), size=s, mode='nearest')[:, 0].long() if batch.parsing is not None else landmark_labels(lm, s)).to(dev)
         g = torch.Generator().manual_seed(generator.initial_seed())
-        z_id, f_a, geo, _ = self.codes_for(xs, lm, torch.where((own >= 1) & (own <= 6), own, torch.zeros_like(own)), g)
+        z_id, f_a, geo, _ = self.codes_for(xs, lm, face_parts(own), g)
         with torch.no_grad(): out = self.G(z_id, f_a, geometry_map(geo))
         if S != s: out = F.interpolate(out, size=S, mode='bilinear', align_corners=False)
         return out.to(batch.images)
