@@ -109,7 +109,7 @@ def bench_deface(photos: dict, repeats: int = 5) -> list[dict]:
 def _gan_benches(cfg: BenchConfig) -> list[dict]:
     "Rows of the GAN methods' own generator benchmarks (those whose modules import)."
     rows = []
-    for mod, fn in (('ciagan', 'bench_ciagan'), ('password', 'bench_password'), ('distraction', 'bench_distraction')):
+    for mod, fn in (('ciagan', 'bench_ciagan'), ('password', 'bench_password'), ('distraction', 'bench_distraction'), ('decoupled', 'bench_decoupled')):
         try: bench = getattr(__import__(f'faceanon.methods.{mod}', fromlist=[fn]), fn)
         except (ImportError, AttributeError): continue
         rows += [dict(what='generator', **r) for r in bench(quick=cfg.quick)]

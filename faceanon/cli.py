@@ -77,7 +77,7 @@ def _anonymize_args(p, method: bool = True):
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--weights', default=None, metavar='PATH', help="GAN methods: a trained model file (default: the committed SynthFaces model)")
     p.add_argument('--password', default=None, help='password method: the passphrase (default: a random password per face)')
-    p.add_argument('--target-id', type=int, default=None, metavar='K', help='ciagan: every face becomes training identity K (default: random per face)')
+    p.add_argument('--target-id', type=int, default=None, metavar='K', help='ciagan, decoupled: every face becomes training identity K (default: random per face)')
     p.add_argument('--strength', type=float, default=None, metavar='S', help="distraction: intrinsic distraction strength in [0, 1] (default: the model's, 1)")
     p.add_argument('--eps', type=float, default=None, help="distraction: delegate distance, 0 = any delegate, larger = farther (default: the model's)")
     p.add_argument('--beta', type=float, default=None, help="distraction: share of the delegate's appearance in [0, 1] (default: the model's)")
@@ -195,8 +195,8 @@ def evaluate_cmd(args) -> int:
     return 0
 
 # %% ../nbs/40_cli.ipynb #2c7d5b76
-from .methods import ciagan, password, distraction
-TRAINERS = {'ciagan': ciagan, 'password': password, 'distraction': distraction}   # name -> module exporting add_train_args / train_main
+from .methods import ciagan, password, distraction, decoupled
+TRAINERS = {'ciagan': ciagan, 'password': password, 'distraction': distraction, 'decoupled': decoupled}   # name -> module exporting add_train_args / train_main
 
 def _train_args(p):
     sub = p.add_subparsers(dest='method', metavar='METHOD', required=True)

@@ -16,7 +16,7 @@ from .measures import (extract_features, fd_name, get_features, kid, frechet_dis
                                privacy_metrics, l1_error, ssim, batch_slices)
 from .evalsets import EvalSet, synth_eval_set, photos_eval_set, folder_eval_set
 from .methods.base import FaceBatch, get_method
-import faceanon.methods.baselines, faceanon.methods.ciagan, faceanon.methods.password, faceanon.methods.distraction   # registers every method by name
+import faceanon.methods.baselines, faceanon.methods.ciagan, faceanon.methods.password, faceanon.methods.distraction, faceanon.methods.decoupled   # registers every method by name
 
 # %% auto #0
 __all__ = ['EvalConfig', 'anonymize_all', 'realism_vs', 'diversity_for', 'temporal_for', 'evaluate_method', 'speed_for',
@@ -75,12 +75,13 @@ def diversity_for(method, ctx: _Context, seed: int) -> float | None:
     embs = torch.stack([embed_all(ctx.rec, anonymize_all(method, b, seed + 1000 * c, cfg.batch_size)) for c in range(cfg.n_controls)], 1)
     return diversity(embs, recognizer_distance(ctx.rec))                       # (N, K, D)
 
+@torch.no_grad()
 def temporal_for(method, ctx: _Context, seed: int) -> dict | None:
     "Identity drift and stabilised flicker of anonymized clips (one control per clip), beside the inputs' flicker."
     if not ctx.eset.clips: return None
     rows = []
     for fb, boxes in ctx.eset.clips:
-        out = anonymize_all(method, fb, seed, bs=len(fb))            # the whole clip in one call: one control
+        out = method.clip(fb, seed=seed) if hasattr(method, 'clip') else method(fb, seed=seed)   # one control per clip; temporal methods carry state
         rows.append((identity_drift(embed_all(ctx.rec, out), recognizer_distance(ctx.rec)), flicker(out, boxes), flicker(fb.images, boxes)))
     d, fo, fi = np.mean(rows, 0)
     return dict(id_drift=float(d), flicker=float(fo), flicker_input=float(fi))

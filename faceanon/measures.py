@@ -19,7 +19,8 @@ __all__ = ['frechet_distance', 'gaussian_stats', 'frechet_distance_features', 'm
            'l2_error', 'psnr', 'gaussian_window', 'ssim', 'lpips_distance', 'reconstruction_metrics', 'euclidean',
            'distance_matrix', 'reid_rate', 'verification_rate', 'identity_distance', 'batch_slices', 'embed_all',
            'recognizer_distance', 'privacy_metrics', 'interocular', 'landmark_nme', 'detect_landmarks5',
-           'utility_metrics', 'pose_error', 'diversity', 'identity_drift', 'stabilise', 'flicker', 'measure_speed']
+           'utility_metrics', 'pose_error', 'diversity', 'identity_drift', 'stabilise', 'flicker', 'boundary_rings',
+           'seam_score', 'measure_speed']
 
 # %% ../nbs/17_measures.ipynb #04ed1c62
 def _as_f64(x) -> np.ndarray:
@@ -309,6 +310,27 @@ def flicker(frames: torch.Tensor, boxes=None, size: int = 64) -> float:
     "Mean absolute difference between consecutive frames (T, 3, H, W) in [-1, 1], on a [0, 1] scale."
     if boxes is not None: frames = stabilise(frames, boxes, size)
     return ((frames[1:] - frames[:-1]).abs().mean() / 2).item()
+
+# %% ../nbs/17_measures.ipynb #8b4d2c8b
+def boundary_rings(masks: torch.Tensor, width: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    "(inner, outer) rings (B, 1, H, W) of `width` px on each side of the boundary of masks (B, 1, H, W) (thresholded at 0.5)."
+    m = (masks > 0.5).float()
+    k = 2 * width + 1
+    return m - (1 - F.max_pool2d(1 - m, k, 1, width)), F.max_pool2d(m, k, 1, width) - m
+
+def _ring_mean(x, r): return (x * r).sum((2, 3)) / r.sum((2, 3)).clamp_min(1)
+
+def _grad_mag(x: torch.Tensor) -> torch.Tensor:
+    "Per-pixel gradient magnitude (B, 1, H, W) of images in [-1, 1], in [0, 1] units, channels summed in quadrature."
+    gx, gy = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1)), F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    return (gx.pow(2) + gy.pow(2)).sum(1, keepdim=True).sqrt() / 2
+
+def seam_score(images: torch.Tensor, originals: torch.Tensor, masks: torch.Tensor, width: int = 3) -> dict:
+    "How visible the boundary of `masks` is in `images` against `originals` (all (B, ., H, W), images in [-1, 1]): per-face colour excess and edge ratio."
+    inner, outer = boundary_rings(masks.float(), width)
+    step = lambda x: ((_ring_mean(x, inner) - _ring_mean(x, outer)) / 2).norm(dim=1)
+    edge = lambda x: _ring_mean(_grad_mag(x), inner + outer)[:, 0]
+    return dict(colour_excess=(step(images) - step(originals)).abs(), edge_ratio=edge(images) / edge(originals).clamp_min(1e-6))
 
 # %% ../nbs/17_measures.ipynb #585e1c1f
 def measure_speed(fn: Callable, make_input: Callable, batch_sizes: Sequence[int] = (1, 8), repeats: int = 3, device=None) -> list[dict]:

@@ -104,6 +104,10 @@ class AnonMethod:
         out = out.clamp(-1, 1)
         return blend_masked(batch.images, out, batch.masks) if self.composite else out
 
+    def clip(self, batch: FaceBatch, seed: int | None = None) -> torch.Tensor:
+        "Anonymize the frames (T, ...) of one face track, in order; default: one call, so one control for the clip. Temporal methods carry state."
+        return self(batch, seed)
+
     def restore(self, anonymized: FaceBatch, seed: int, wrong: bool = False) -> torch.Tensor:
         "Undo `self(batch, seed)` on its output with the key `seed` drew (wrong=True: with another key); (B, 3, S, S)."
         raise NotImplementedError(f"method {self.name!r} is not reversible")
