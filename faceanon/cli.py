@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from .core import image_grid, save_image
 from .methods.base import available_methods, method_doc, get_method
-from .pipeline import anonymize_paths, anonymize_image, UnsafeOutputError
+from .pipeline import anonymize_image, UnsafeOutputError
+from .video import anonymize_files, VideoOptions, VIDEO_SUFFIXES
 from .detect import Face, detect_faces, draw_faces, landmarks5_from_68
 from .data.synthetic import synth_scene
 from .evaluate import EvalConfig, evaluate, get_recognizer
@@ -64,7 +65,7 @@ def methods_cmd(args) -> int:
 
 # %% ../nbs/40_cli.ipynb #3f722d98
 def _anonymize_args(p, method: bool = True):
-    p.add_argument('inputs', nargs='+', metavar='INPUT', help='image files and/or folders (searched recursively)')
+    p.add_argument('inputs', nargs='+', metavar='INPUT', help='photos, videos (' + ' '.join(VIDEO_SUFFIXES) + ') and/or folders (searched recursively)')
     p.add_argument('-o', '--outdir', required=True, help='output folder (mirrors the input folders; never an input)')
     if method: p.add_argument('--method', required=True, choices=available_methods(), metavar='NAME', help='anonymization method: ' + ', '.join(available_methods()))
     p.add_argument('--detector', default='mtcnn', metavar='NAME', help='face detector (default: mtcnn)')
@@ -74,6 +75,9 @@ def _anonymize_args(p, method: bool = True):
     p.add_argument('--min-score', type=float, default=0.9, help='detections below this score count as uncertain (default: 0.9)')
     p.add_argument('--detect-size', type=int, default=1024, metavar='PX',
                    help='detect on a copy whose longer side is at most PX (default: 1024); raise it for small faces in big photos')
+    p.add_argument('--detect-every', type=int, default=VideoOptions.detect_every, metavar='N',
+                   help=f'videos: detect faces every N frames and track them in between (default: {VideoOptions.detect_every})')
+    p.add_argument('--no-audio', action='store_true', help='videos: drop the sound (default: keep it)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--weights', default=None, metavar='PATH', help="GAN methods: a trained model file (default: the committed SynthFaces model)")
     p.add_argument('--password', default=None, help='password method: the passphrase (default: a random password per face)')
@@ -94,19 +98,19 @@ def method_from_args(args, **extra):
 
 def _run_anonymize(args, **extra) -> int:
     "Build the method, run the pipeline on the inputs and print the summary."
-    try: method = method_from_args(args, **extra)
+    try: method, opts = method_from_args(args, **extra), VideoOptions(detect_every=args.detect_every, audio=not args.no_audio, min_score=args.min_score)
     except (ValueError, FileNotFoundError) as e:
         print(f"faceanon: {e}", file=sys.stderr); return 2
     try:
-        s = anonymize_paths(args.inputs, args.outdir, method=method, detector=args.detector, fail_closed=args.fail_closed,
-                            seed=args.seed, progress=not args.no_progress, crop_size=args.crop_size, min_score=args.min_score,
+        s = anonymize_files(args.inputs, args.outdir, method=method, detector=args.detector, fail_closed=args.fail_closed,
+                            seed=args.seed, progress=not args.no_progress, opts=opts, crop_size=args.crop_size, min_score=args.min_score,
                             max_side=args.detect_size)
     except UnsafeOutputError as e:
         print(f"faceanon: refused: {e}", file=sys.stderr); return 2
     print(s.report(), file=sys.stderr)
     return s.exit_code
 
-@command('anonymize', 'anonymize the faces in image files and folders', _anonymize_args)
+@command('anonymize', 'anonymize the faces in photos and videos, files and folders', _anonymize_args)
 def anonymize_cmd(args) -> int:
     "Anonymize the inputs with --method."
     return _run_anonymize(args)

@@ -19,12 +19,15 @@ from .methods.base import AnonMethod, FaceBatch, get_method
 import faceanon.methods.baselines  # registers the baseline methods
 
 # %% auto #0
-__all__ = ['MAX_PIXELS', 'MIN_FACE_SIDE', 'PRIVACY_MARGIN', 'IMAGE_SUFFIXES', 'WRITABLE_SUFFIXES', 'ImageReadError', 'read_image',
-           'obscure', 'AnonResult', 'grow_mask', 'anonymize_faces', 'anonymize_image', 'UnsafeOutputError',
-           'plan_outputs', 'RunSummary', 'anonymize_paths']
+__all__ = ['MAX_PIXELS', 'MIN_FACE_SIDE', 'PRIVACY_MARGIN', 'IMAGE_SUFFIXES', 'WRITABLE_SUFFIXES', 'ReadError', 'ImageReadError',
+           'read_image', 'obscure', 'AnonResult', 'grow_mask', 'paste_faces', 'anonymize_faces', 'anonymize_image',
+           'UnsafeOutputError', 'plan_outputs', 'RunSummary', 'anonymize_paths']
 
 # %% ../nbs/04_pipeline.ipynb #54b30619
-class ImageReadError(Exception):
+class ReadError(Exception):
+    "An input file could not be read; the message (one line) says which and why."
+
+class ImageReadError(ReadError):
     "A file could not be read as an image; the message says which and why."
 
 MAX_PIXELS = 178_956_970   # twice PIL's default decompression-bomb limit (a constant: PIL's global may be changed or None)
@@ -82,16 +85,20 @@ def grow_mask(mask: np.ndarray, scale: float = PRIVACY_MARGIN) -> np.ndarray:
     sx = np.clip(np.round(cx + (jj - cx) / scale), 0, S - 1).astype(int)
     return (m | m[sy, sx]).astype(np.float32)
 
-def anonymize_faces(img: np.ndarray, faces: list, method: AnonMethod, seed: int | None = None, device=None,
-                    margin: float = PRIVACY_MARGIN) -> np.ndarray:
-    "Align `faces`, anonymize them (masks grown by `margin`) in one batch and paste them back into a copy of `img`."
+def paste_faces(img: np.ndarray, faces: list, method: AnonMethod, anon: Callable, device=None, margin: float = PRIVACY_MARGIN) -> np.ndarray:
+    "The per-face step: align `faces` for `method`, grow their masks by `margin`, anonymize them in one batch with `anon(batch)`, paste back into a copy of `img`."
     out = img.copy()
     if not faces: return out
     aligned = [align_face(img, f, size=method.crop_size) for f in faces]
     aligned = [replace(a, mask=grow_mask(a.mask, margin)) for a in aligned]
-    crops = to_image(method(FaceBatch.from_aligned(aligned, device=device), seed=seed))   # (B, S, S, 3)
+    crops = to_image(anon(FaceBatch.from_aligned(aligned, device=device)))   # (B, S, S, 3)
     for a, c in zip(aligned, crops): paste_back(out, c, a.M, a.mask, color_match=method.color_match, out=out)
     return out
+
+def anonymize_faces(img: np.ndarray, faces: list, method: AnonMethod, seed: int | None = None, device=None,
+                    margin: float = PRIVACY_MARGIN) -> np.ndarray:
+    "Align `faces`, anonymize them (masks grown by `margin`) in one batch under `seed` and paste them back into a copy of `img`."
+    return paste_faces(img, faces, method, lambda b: method(b, seed=seed), device, margin)
 
 def anonymize_image(img, method: str | AnonMethod = 'blur17', detector: str | Callable = 'mtcnn', crop_size: int | None = None,
                     fail_closed: bool = False, seed: int | None = None, min_score: float = 0.9, faces: list | None = None,
@@ -113,21 +120,22 @@ WRITABLE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.tif', '.tiff')
 class UnsafeOutputError(ValueError):
     "Writing the requested outputs would overwrite an input."
 
-def _out_name(rel: Path) -> Path:
-    "Output path for a relative input path (unwritable formats become .png)."
+def _out_name(rel: Path, video_suffixes=()) -> Path:
+    "Output path for a relative input path (unwritable image formats become .png, videos .mp4)."
+    if rel.suffix.lower() in video_suffixes: return rel.with_suffix('.mp4')
     return rel if rel.suffix.lower() in WRITABLE_SUFFIXES else rel.with_suffix('.png')
 
-def plan_outputs(inputs, outdir) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
-    "Pairs (input file, output file) and problems (path, reason); raises UnsafeOutputError if unsafe."
+def plan_outputs(inputs, outdir, video_suffixes=()) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    "Pairs (input file, output file) and problems (path, reason); raises UnsafeOutputError if unsafe. Folders also give files with `video_suffixes`."
     outdir = Path(outdir); out_r = outdir.resolve()
     pairs, problems = [], []
     for p in map(Path, inputs):
         if p.resolve() == out_r: raise UnsafeOutputError(f"output folder {outdir} is an input; choose another -o/outdir")
         if p.is_dir():
-            files = sorted(f for f in p.rglob('*') if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            files = sorted(f for f in p.rglob('*') if f.is_file() and f.suffix.lower() in (*IMAGE_SUFFIXES, *video_suffixes)
                            and out_r not in f.resolve().parents)
-            pairs += [(f, outdir / _out_name(f.relative_to(p))) for f in files]
-        elif p.exists(): pairs.append((p, outdir / _out_name(Path(p.name))))
+            pairs += [(f, outdir / _out_name(f.relative_to(p), video_suffixes)) for f in files]
+        elif p.exists(): pairs.append((p, outdir / _out_name(Path(p.name), video_suffixes)))
         else: problems.append((p, 'no such file or folder'))
     srcs = {s.resolve() for s, _ in pairs}
     for s, d in pairs:
@@ -166,19 +174,29 @@ def _say(msg: str):
     "One line to stderr that does not break a progress bar."
     tqdm.write(msg, file=sys.stderr)
 
+def _video_done(summ: RunSummary, src: Path, dst: Path, res):
+    "Count a written video in the summary and say when it was shorter than its header announced."
+    summ.written.append(dst); summ.faces += res.tracks
+    if res.obscured: summ.obscured.append(src)
+    if res.truncated: _say(f"faceanon: {src}: only {res.frames} of {res.expected} frames could be decoded (truncated?); wrote those")
+
 def anonymize_paths(inputs, outdir, method: str | AnonMethod = 'blur17', detector: str | Callable = 'mtcnn',
-                    fail_closed: bool = False, seed: int | None = None, progress: bool = True, **kw) -> RunSummary:
+                    fail_closed: bool = False, seed: int | None = None, progress: bool = True,
+                    video: Callable | None = None, # video(src, dst, method) -> VideoResult for files in video.suffixes (faceanon.video passes it)
+                    **kw) -> RunSummary:
     "Anonymize image files and folders (recursive) into `outdir`; never overwrites an input. kw: anonymize_image's."
-    pairs, problems = plan_outputs(inputs, outdir)
+    vsuf = tuple(getattr(video, 'suffixes', ()))
+    pairs, problems = plan_outputs(inputs, outdir, vsuf)
     m = _as_method(method, kw.pop('crop_size', None))
     summ = RunSummary(files=len(pairs) + len(problems))
     for p, why in problems: summ.failures.append((p, why)); _say(f"faceanon: skipped {p}: {why}")
     for src, dst in tqdm(pairs, desc='anonymizing', unit='img', disable=not progress, file=sys.stderr):
         try:
+            if src.suffix.lower() in vsuf: _video_done(summ, src, dst, video(src, dst, m)); continue
             res = anonymize_image(read_image(src), m, detector, fail_closed=fail_closed, seed=seed, **kw)
             save_image(res.image, dst)
         except Exception as e:
-            reason = str(e) if isinstance(e, ImageReadError) else f"{src}: {type(e).__name__}: {e}"
+            reason = str(e) if isinstance(e, ReadError) else f"{src}: {type(e).__name__}: {e}"
             summ.failures.append((src, reason)); _say(f"faceanon: skipped {reason}")
             continue
         summ.written.append(dst); summ.faces += len(res.faces)

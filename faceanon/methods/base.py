@@ -108,6 +108,11 @@ class AnonMethod:
         "Anonymize the frames (T, ...) of one face track, in order; default: one call, so one control for the clip. Temporal methods carry state."
         return self(batch, seed)
 
+    def track_step(self, batch: FaceBatch, seeds: list, states: list) -> tuple[torch.Tensor, list]:
+        "One video frame: face i belongs to a track with its own seed `seeds[i]` and carried state `states[i]` (None at its first frame) -> (crops, new states)."
+        if not len(seeds) == len(states) == len(batch): raise ValueError(f"need one seed and one state per face: {len(batch)} faces, {len(seeds)} seeds, {len(states)} states")
+        return torch.cat([self(batch[i], seed=s) for i, s in enumerate(seeds)]), [None] * len(batch)   # default: stateless, one new identity per track
+
     def restore(self, anonymized: FaceBatch, seed: int, wrong: bool = False) -> torch.Tensor:
         "Undo `self(batch, seed)` on its output with the key `seed` drew (wrong=True: with another key); (B, 3, S, S)."
         raise NotImplementedError(f"method {self.name!r} is not reversible")

@@ -327,7 +327,8 @@ class DecoupledMethod(AnonMethod):
         if self.target_id is not None: return torch.full((n,), self.target_id, dtype=torch.long)
         return torch.randint(self.A.cfg.n_ids, (n,), generator=generator, device=generator.device).cpu()
 
-    def _run(self, batch: FaceBatch, target: torch.Tensor, sequence: bool) -> torch.Tensor:
+    def _run(self, batch: FaceBatch, target: torch.Tensor, sequence: bool, prev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        "-> (crops in the batch's frame, outputs in the model frame: what the next video frame gets as previous)."
         dev = next(self.A.parameters()).device
         b = batch.to(dev)
         x, parts, M = model_frame(b, self.cfg.size, self.realign)
@@ -338,17 +339,18 @@ class DecoupledMethod(AnonMethod):
                 r = decoupled_forward(A=self.A, H=H, x=x[t:t + 1], parts=parts[t:t + 1], target=T[t:t + 1], prev=prev, grow=self.cfg.grow)
                 outs.append(r); prev = r['out']
             r = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
-        else: r = decoupled_forward(self.A, H, x, parts, T, grow=self.cfg.grow)
+        else: r = decoupled_forward(self.A, H, x, parts, T, prev=prev, grow=self.cfg.grow)
+        model_out = r['out']
         out, m = r['out'], r['mask']
         if M is not None:
             Mi = invert_affines(M)
             out, m = warp_crops(out, Mi, batch.size), warp_crops(m, Mi, batch.size)
         elif batch.size != self.cfg.size:
             out, m = F.interpolate(out, size=batch.size, mode='bilinear', align_corners=False), F.interpolate(m, size=batch.size, mode='bilinear', align_corners=False)
-        return torch.lerp(b.images.float(), out, m).to(batch.images)
+        return torch.lerp(b.images.float(), out, m).to(batch.images), model_out
 
     def anonymize(self, batch: FaceBatch, generator: torch.Generator) -> torch.Tensor:
-        return self._run(batch, self.targets(len(batch), generator), sequence=False)
+        return self._run(batch, self.targets(len(batch), generator), sequence=False)[0]
 
     def __call__(self, batch: FaceBatch, seed: int | None = None) -> torch.Tensor:
         return super().__call__(batch, self.seed if seed is None else seed)
@@ -357,8 +359,17 @@ class DecoupledMethod(AnonMethod):
         "Frames (T, ...) of one face in order: one identity for the whole clip, and H carries the previous output along."
         seed, g = self.seed if seed is None else seed, torch.Generator()
         g.manual_seed(seed) if seed is not None else g.seed()
-        out = self._run(batch, self.targets(1, g).expand(len(batch)), sequence=True).clamp(-1, 1)
+        out = self._run(batch, self.targets(1, g).expand(len(batch)), sequence=True)[0].clamp(-1, 1)
         return torch.lerp(batch.images, out, batch.masks)
+
+    def track_step(self, batch: FaceBatch, seeds: list, states: list) -> tuple[torch.Tensor, list]:
+        "One video frame of several tracks: each track's identity drawn from its seed as `clip` draws it; H sees each track's previous output (empty at its first frame)."
+        if not len(seeds) == len(states) == len(batch): raise ValueError(f"need one seed and one state per face: {len(batch)} faces, {len(seeds)} seeds, {len(states)} states")
+        T = torch.cat([self.targets(1, torch.Generator().manual_seed(s)) for s in seeds])
+        carry, s = self.harmonize and self.temporal, self.cfg.size
+        prev = torch.cat([torch.zeros(1, 3, s, s) if p is None else p for p in states]).to(next(self.A.parameters()).device) if carry else None
+        out, model_out = self._run(batch, T, sequence=False, prev=prev)
+        return torch.lerp(batch.images, out.clamp(-1, 1), batch.masks), [model_out[i:i + 1] if carry else None for i in range(len(batch))]
 
 # %% ../../nbs/23a_methods.decoupled.ipynb #4a654542
 def bench_decoupled(quick: bool = False, sizes=(64, 128), batches=(1, 16), repeats: int = 3, precisions=None) -> list[dict]:
