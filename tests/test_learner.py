@@ -177,7 +177,7 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
     one, two, ck = tmp_path / 'one.safetensors', tmp_path / 'two.safetensors', tmp_path / 'ck.safetensors'
     env = dict(os.environ, OMP_NUM_THREADS='1')
     for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-    cmd = [str(REPO / '.venv/bin/torchrun'), '--nproc_per_node', '2', '--nnodes', '1', '--master_addr', '127.0.0.1',
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--nnodes', '1', '--master_addr', '127.0.0.1',
            '--master_port', str(_free_port()), str(Path(__file__).parent / 'learner_ddp_job.py'), str(two), '6', str(ck)]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     main(one, 6)                                                              # the single-process run, meanwhile, in this process
