@@ -4,7 +4,7 @@
 
 # %% ../nbs/41_bench.ipynb #495658d0
 from __future__ import annotations
-import json, platform, statistics
+import json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Callable
@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from PIL import Image
 from .core import Timer, atomic_write, time_call
-from .data.photos import astronaut, face_api_samples
+from .data.photos import astronaut, face_api_samples, cache_dir
 
 # %% auto #0
 __all__ = ['BenchConfig', 'bench_photos', 'deface_available', 'DefaceRunner', 'bench_detectors', 'bench_pipeline', 'bench_deface',
-           'run_bench', 'bench_table', 'save_bench']
+           'bench_clip', 'bench_video', 'run_bench', 'bench_table', 'save_bench']
 
 # %% ../nbs/41_bench.ipynb #8e9600a9
 @dataclass
@@ -28,7 +28,9 @@ class BenchConfig:
     pipeline_detector: str = 'mtcnn'       # detector inside the timed pipeline
     deface: bool = True                    # time deface too, when it is installed
     gan: bool = False                      # also run the GAN methods' generator benchmarks (slow)
-    quick: bool = False                    # CI size: 1 repeat, the astronaut only
+    quick: bool = False                    # CI size: 1 repeat, the astronaut only (and a 2 s 640x360 clip)
+    video: bool = True                     # time `anonymize_video` (and deface's video path) on a 720p clip of 10 s
+    video_methods: tuple = ('blur17', 'mask', 'ciagan')   # methods timed on the clip
 
 # %% ../nbs/41_bench.ipynb #c34762fc
 def _frame_720p() -> np.ndarray:
@@ -105,6 +107,45 @@ def bench_deface(photos: dict, repeats: int = 5) -> list[dict]:
         rows.append(_row('deface', 'centerface + blur', p, ms, n))
     return rows
 
+# %% ../nbs/41_bench.ipynb #f5c31f5a
+def bench_clip(seconds: int = 10, size=(1280, 720), fps: int = 25) -> Path:
+    "A cached clip of `seconds` at `size`: a face-api group photo (else the astronaut on grey) filmed by a panning, zooming, turning camera."
+    from faceanon.video import photo_clip, write_video
+    from faceanon.detect import detect_faces
+    path = cache_dir() / f'bench_clip_{size[0]}x{size[1]}_{seconds}s.mp4'
+    if path.exists(): return path
+    try: photo = np.asarray(Image.open(face_api_samples()[1]).convert('RGB'))
+    except (FileNotFoundError, IndexError): photo = np.full((720, 1280, 3), 128, np.uint8); photo[104:616, 384:896] = astronaut()
+    frames, _ = photo_clip(photo, [f.box for f in detect_faces(photo, 'mtcnn')], seconds * fps, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.mp4'); os.close(fd)
+    try: write_video(tmp, frames, fps); os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.unlink(tmp)
+    return path
+
+def _deface_cmd() -> list | None:
+    "The deface command line of this environment, or None."
+    exe = Path(sys.executable).with_name('deface')
+    return [str(exe)] if exe.exists() else ([shutil.which('deface')] if shutil.which('deface') else None)
+
+def bench_video(methods=('blur17', 'mask', 'ciagan'), quick: bool = False, deface: bool = True) -> list[dict]:
+    "Seconds per frame of whole-file runs on the bench clip: `anonymize_video` per method, and deface's command line when installed."
+    from faceanon.video import anonymize_video, probe_video
+    clip = bench_clip(2, (640, 360)) if quick else bench_clip()
+    info, rows = probe_video(clip), []
+    name = f'clip {info.width}x{info.height} {info.frames / info.fps:.0f} s'
+    with tempfile.TemporaryDirectory() as d:
+        for m in methods:
+            t0 = time.perf_counter(); r = anonymize_video(clip, Path(d) / f'{m}.mp4', m, seed=0, progress=False)
+            rows.append(_row('video', f'faceanon {m}', name, (time.perf_counter() - t0) * 1000 / r.frames, r.tracks))
+        cmd = _deface_cmd() if deface else None
+        if cmd:
+            t0 = time.perf_counter()
+            subprocess.run([*cmd, str(clip), '-o', str(Path(d) / 'deface.mp4')], check=True, capture_output=True)
+            rows.append(_row('video', 'deface (centerface + blur)', name, (time.perf_counter() - t0) * 1000 / info.frames, 0))
+    return rows
+
 # %% ../nbs/41_bench.ipynb #66c172df
 def _gan_benches(cfg: BenchConfig) -> list[dict]:
     "Rows of the GAN methods' own generator benchmarks (those whose modules import)."
@@ -123,6 +164,7 @@ def run_bench(cfg: BenchConfig = BenchConfig()) -> dict:
         rows = bench_detectors(photos, cfg.detectors, reps)
         if cfg.deface: rows += bench_deface(photos, reps)
         rows += bench_pipeline(photos, cfg.methods, cfg.pipeline_detector, reps)
+        if cfg.video: rows += bench_video(cfg.video_methods[:1] if cfg.quick else cfg.video_methods, cfg.quick, cfg.deface)
         if cfg.gan: rows += _gan_benches(cfg)
     finally: torch.set_num_threads(old)
     header = dict(torch=torch.__version__, threads=cfg.threads, machine=platform.machine(), python=platform.python_version(),

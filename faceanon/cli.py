@@ -232,6 +232,7 @@ def _bench_args(p):
     p.add_argument('--methods', default='blur9,blur17,pixelate8,mask', help='comma-separated pipeline methods')
     p.add_argument('--detector', default='mtcnn', metavar='NAME', help='detector inside the pipeline (default: mtcnn)')
     p.add_argument('--gan', action='store_true', help="also run the GAN methods' generator benchmarks")
+    p.add_argument('--no-video', action='store_true', help='skip the video benchmark (10 s of 720p per method, and deface on it)')
     p.add_argument('--no-deface', action='store_true', help='do not time deface even if it is installed')
 
 @command('bench', 'time detection and the pipeline per method (beside deface when installed); write a report', _bench_args)
@@ -242,7 +243,7 @@ def bench_cmd(args) -> int:
     unknown = sorted(set(methods) - set(available_methods()))
     if unknown: print(f"faceanon bench: unknown method(s) {', '.join(unknown)}; known: {', '.join(available_methods())}", file=sys.stderr); return 2
     cfg = BenchConfig(threads=args.threads, repeats=args.repeats, methods=methods, pipeline_detector=args.detector,
-                      deface=not args.no_deface, gan=args.gan, quick=args.quick)
+                      deface=not args.no_deface, gan=args.gan, quick=args.quick, video=not args.no_video)
     rep = run_bench(cfg)
     print(bench_table(rep['rows']))
     print(f"faceanon bench: report -> {save_bench(rep, args.out).resolve()}")

@@ -9,11 +9,12 @@ from typing import Callable
 from fastcore.basics import patch
 import numpy as np
 import torch
+import torch.nn.functional as F
 from ..core import to_tensor
 
 # %% auto #0
-__all__ = ['landmarks68_to_5', 'FaceBatch', 'AnonMethod', 'blend_masked', 'register_method', 'available_methods', 'method_doc',
-           'get_method']
+__all__ = ['landmarks68_to_5', 'FaceBatch', 'AnonMethod', 'at_size', 'blend_masked', 'register_method', 'available_methods',
+           'method_doc', 'get_method']
 
 # %% ../../nbs/03_methods.base.ipynb #ba84ebc5
 def landmarks68_to_5(lm: torch.Tensor) -> torch.Tensor:
@@ -118,6 +119,13 @@ class AnonMethod:
         raise NotImplementedError(f"method {self.name!r} is not reversible")
 
     def __repr__(self): return f"{type(self).__name__}(name={self.name!r}, crop_size={self.crop_size})"
+
+def at_size(x: torch.Tensor, size: int, fn: Callable) -> torch.Tensor:
+    "fn on x (B, C, S, S) resized to size x size (bilinear, antialiased), its output resized back to S: a model of one crop size takes any."
+    S = x.shape[-1]
+    if S == size: return fn(x)
+    rs = lambda t, n: F.interpolate(t, size=(n, n), mode='bilinear', align_corners=False, antialias=True)
+    return rs(fn(rs(x, size)), S)
 
 def blend_masked(images: torch.Tensor, out: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     "Take `out` where the (B,1,S,S) mask is 1 and `images` where it is 0 (linear in between)."

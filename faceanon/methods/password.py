@@ -17,7 +17,7 @@ from ..core import set_seed, time_call, impl_rows, bench_precisions
 from ..layers import resnet_generator, patch_discriminator, patch_channels, MultiscaleDiscriminator, ChunkHead, conv_block, ResizeConv
 from ..losses import gan_losses, bitchunk_loss, chunk_accuracy, bits_to_chunks, id_classify_loss, id_confuse_loss, identity_loss, recon_loss
 from ..learner import Learner, Phase, Callback, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, LRDropCB, save_checkpoint, load_checkpoint, add_run_args
-from .base import AnonMethod, FaceBatch, register_method, blend_masked
+from .base import AnonMethod, FaceBatch, register_method, blend_masked, at_size
 
 # %% auto #0
 __all__ = ['PASSWORD_SALT', 'PBKDF2_ITERATIONS', 'IMAGE_EXTS', 'PasswordConfig', 'inverse', 'random_bits', 'random_other',
@@ -452,9 +452,8 @@ class PasswordMethod(AnonMethod):
 
     def anonymize(self, batch: FaceBatch, generator: torch.Generator) -> torch.Tensor:
         dev = next(self.T.parameters()).device
-        x = batch.images.to(dev).float()
-        if x.shape[-1] != self.crop_size: raise ValueError(f"this model works on {self.crop_size} px crops, got {x.shape[-1]} px")
-        return self._run(x, self.passwords(len(x), generator.initial_seed()), inverse_dir=self.recover).to(batch.images)
+        x, bits = batch.images.to(dev).float(), self.passwords(len(batch), generator.initial_seed())
+        return at_size(x, self.crop_size, lambda t: self._run(t, bits, inverse_dir=self.recover)).to(batch.images)   # any crop size: resized to the model's and back
 
     def passwords(self, n: int, seed: int, wrong: bool = False) -> torch.Tensor:
         "(n, N) bits: the fixed password, or one per face drawn on the CPU from `seed` (any device, same draw); wrong=True: others, row by row."
@@ -472,7 +471,8 @@ class PasswordMethod(AnonMethod):
         "R = T(A, ¬p) for A = self(batch, seed), composited in the mask as `__call__` does; wrong=True: another password per face."
         if self.recover: raise ValueError("this method already runs the inverse direction (recover=True); restore the anonymizing one")
         x = anonymized.images.to(next(self.T.parameters()).device).float()
-        out = self._run(x, self.passwords(len(x), seed, wrong), inverse_dir=True).to(anonymized.images).clamp(-1, 1)
+        bits = self.passwords(len(x), seed, wrong)
+        out = at_size(x, self.crop_size, lambda t: self._run(t, bits, inverse_dir=True)).to(anonymized.images).clamp(-1, 1)
         return blend_masked(anonymized.images, out, anonymized.masks)
 
 # %% ../../nbs/21_methods.password.ipynb #8bbf7517
