@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from .core import image_grid, save_image
 from .methods.base import available_methods, method_doc, get_method
 from .pipeline import anonymize_image, UnsafeOutputError
+from .methods.baselines import CONTROLS
 from .video import anonymize_files, VideoOptions, VIDEO_SUFFIXES
 from .detect import Face, detect_faces, draw_faces, landmarks5_from_68
 from .data.synthetic import synth_scene
@@ -20,8 +21,8 @@ from .evaluate import EvalConfig, evaluate, get_recognizer
 
 # %% auto #0
 __all__ = ['COMMANDS', 'METHOD_OPTIONS', 'TRAINERS', 'Command', 'command', 'build_parser', 'main', 'methods_cmd',
-           'method_from_args', 'anonymize_cmd', 'titled', 'demo_photos', 'view_box', 'demo_grid', 'demo_cmd',
-           'evaluate_cmd', 'train_cmd', 'recover_cmd', 'bench_cmd']
+           'method_from_args', 'anonymize_cmd', 'titled', 'demo_photos', 'view_box', 'demo_methods', 'demo_grid',
+           'demo_cmd', 'evaluate_cmd', 'train_cmd', 'recover_cmd', 'bench_cmd']
 
 # %% ../nbs/40_cli.ipynb #d606d4c2
 @dataclass
@@ -143,9 +144,13 @@ def view_box(faces: list, shape: tuple, margin: float = 0.8) -> tuple[slice, sli
     (x0, y0), (x1, y1) = np.maximum(b[:, :2].min(0) - m, 0).astype(int), (b[:, 2:].max(0) + m).astype(int)
     return slice(y0, min(y1, shape[0])), slice(x0, min(x1, shape[1]))
 
+def demo_methods() -> list[str]:
+    "Every registered method but the controls (`baselines.CONTROLS`), identity first."
+    return sorted((n for n in available_methods() if n not in CONTROLS), key=lambda n: (n != 'identity', n))
+
 def demo_grid(methods: list[str] | None = None, detector: str = 'mtcnn', seed: int = 0) -> np.ndarray:
     "One grid: a row per demo photo, detections first, then every method (shown zoomed to the faces)."
-    methods = methods or sorted(available_methods(), key=lambda n: (n != 'identity', n))
+    methods = methods or demo_methods()
     tiles = []
     for name, img, gt in demo_photos(seed):
         faces, how = detect_faces(img, detector), detector
@@ -165,7 +170,7 @@ def demo_cmd(args) -> int:
     "Write outputs/demo.png and say where it is."
     t0 = time.time()
     path = save_image(demo_grid(detector=args.detector, seed=args.seed), Path(args.outdir) / 'demo.png')
-    print(f"faceanon demo: {len(available_methods())} methods on 2 photos in {time.time() - t0:.1f} s -> {path.resolve()}")
+    print(f"faceanon demo: {len(demo_methods())} methods on 2 photos in {time.time() - t0:.1f} s -> {path.resolve()}")
     return 0
 
 # %% ../nbs/40_cli.ipynb #f58c5256

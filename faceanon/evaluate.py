@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 from .core import atomic_write, image_grid, save_image
-from .measures import (extract_features, fd_name, get_features, kid, frechet_distance_features, detect_landmarks5,
+from .measures import (paste_gap, extract_features, fd_name, get_features, kid, frechet_distance_features, detect_landmarks5,
                                utility_metrics, diversity, identity_drift, flicker, measure_speed, embed_all, recognizer_distance,
                                privacy_metrics, l1_error, ssim, batch_slices)
 from .evalsets import EvalSet, synth_eval_set, photos_eval_set, folder_eval_set
@@ -62,10 +62,11 @@ class _Context:
         self.true_lm = eset.probes.landmarks5[:cfg.n_utility] if eset.true_landmarks else None
 
 def realism_vs(ctx: _Context, outputs: torch.Tensor, seed: int) -> dict:
-    "Fréchet distance and KID of outputs against the gallery originals."
+    "Fréchet distance and KID of outputs against the gallery originals, and the paste gap (per face, against its own photo)."
     f = extract_features(ctx.features, outputs, ctx.cfg.batch_size)
     k, k_std = kid(ctx.real_feats, f, subset_size=ctx.cfg.kid_subset, seed=seed)
-    return {fd_name(ctx.features): frechet_distance_features(ctx.real_feats, f), 'KID': k, 'KID_std': k_std}
+    gap = paste_gap(outputs, ctx.eset.probes.images, ctx.eset.probes.masks)['gap'].mean().item()
+    return {fd_name(ctx.features): frechet_distance_features(ctx.real_feats, f), 'KID': k, 'KID_std': k_std, 'gap': gap}
 
 def diversity_for(method, ctx: _Context, seed: int) -> float | None:
     "Mean pairwise identity distance between `n_controls` anonymizations (seeds) of the first faces."
@@ -133,7 +134,7 @@ def _write_json(obj, path: Path):
 
 _COLUMNS = [('privacy', 'reid', 're-id ↓'), ('privacy', 'verification', 'verif ↓'), ('privacy', 'id_distance', 'id dist ↑'),
             ('utility', 'detect_out', 'detected'), ('utility', 'detect_rel', 'det/in'), ('utility', 'landmark_nme', 'NME ↓'),
-            ('realism', None, None), ('realism', 'KID', 'KID ↓'), (None, 'diversity', 'diversity'),
+            ('realism', None, None), ('realism', 'KID', 'KID ↓'), ('realism', 'gap', 'gap ↓'), (None, 'diversity', 'diversity'),
             ('temporal', 'id_drift', 'drift'), ('temporal', 'flicker', 'flicker')]
 
 _OPTIONAL = [('utility', 'pose_error', 'pose ↓'), ('recovery', 'l1_right', 'rec L1 ↓'), ('recovery', 'l1_wrong', 'wrong-key L1'),
@@ -158,12 +159,12 @@ def report_table(report: dict, speed: dict | None = None) -> str:
     return '\n'.join(lines)
 
 # %% ../nbs/42_evaluate.ipynb #b0b7c9a7
-def plot_tradeoff(report: dict, path=None, dpi: int = 70):
-    "Scatter of re-identification rate (privacy) against the Fréchet distance (realism), one point per method."
+def plot_tradeoff(report: dict, path=None, dpi: int = 70, realism: str | None = None):
+    "Scatter of re-identification rate (privacy) against a realism column (default: the Fréchet distance), one point per method."
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    fd = next(k for k in next(iter(report['methods'].values()))['realism'] if not k.startswith('KID'))
+    fd = realism or next(k for k in next(iter(report['methods'].values()))['realism'] if not k.startswith('KID'))
     for name, m in report['methods'].items():
         x, y = m['privacy']['reid'], m['realism'][fd]
         ax.scatter(x, y, s=18); ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords='offset points')
@@ -214,7 +215,7 @@ def write_report(res: EvalResult, out_dir) -> Path:
           f"(chance re-identification {r['chance_reid']:.3g}), gallery {r['n_gallery']} images, recognizer `{r['recognizer']}`, "
           f"realism features `{r['features']}` against the gallery originals.\n\n{res.table()}\n")
     with atomic_write(out / 'report.md', 'w') as f: f.write(md)
-    plot_tradeoff(r, out / 'tradeoff.png')
+    plot_tradeoff(r, out / 'tradeoff.png', realism=None if r['data'] == 'synth' else 'gap')   # on real photos: the validated judge
     if res.outputs and res.eset is not None: save_image(_samples_grid(res.eset.probes.images, res.outputs), out / 'samples.png')
     return out
 

@@ -20,7 +20,7 @@ __all__ = ['frechet_distance', 'gaussian_stats', 'frechet_distance_features', 'm
            'distance_matrix', 'reid_rate', 'verification_rate', 'identity_distance', 'batch_slices', 'embed_all',
            'recognizer_distance', 'privacy_metrics', 'interocular', 'landmark_nme', 'detect_landmarks5',
            'utility_metrics', 'pose_error', 'diversity', 'identity_drift', 'stabilise', 'flicker', 'boundary_rings',
-           'seam_score', 'measure_speed']
+           'seam_score', 'paste_gap', 'measure_speed']
 
 # %% ../nbs/17_measures.ipynb #04ed1c62
 def _as_f64(x) -> np.ndarray:
@@ -331,6 +331,16 @@ def seam_score(images: torch.Tensor, originals: torch.Tensor, masks: torch.Tenso
     step = lambda x: ((_ring_mean(x, inner) - _ring_mean(x, outer)) / 2).norm(dim=1)
     edge = lambda x: _ring_mean(_grad_mag(x), inner + outer)[:, 0]
     return dict(colour_excess=(step(images) - step(originals)).abs(), edge_ratio=edge(images) / edge(originals).clamp_min(1e-6))
+
+# %% ../nbs/17_measures.ipynb #ba016fe3
+def paste_gap(images: torch.Tensor, originals: torch.Tensor, masks: torch.Tensor, width: int = 3, floor: float = 0.05) -> dict:
+    "Per-face realism gap of pasted faces against their photos (B, ., H, W): seam (colour excess + |log edge ratio|), texture (|log median-gradient ratio| inside), gap = their sum."
+    s = seam_score(images, originals, masks, width)
+    inside = 1 - F.max_pool2d(1 - (masks.float() > 0.5).float(), 2 * width + 1, 1, width)      # the mask eroded by the ring width
+    tex = lambda x: _grad_mag(x).masked_fill(inside == 0, float('nan')).flatten(1).nanquantile(0.5, dim=1)   # median inside
+    lg = lambda r: r.clamp(floor, 1 / floor).log().abs()
+    seam, texture = s['colour_excess'] + lg(s['edge_ratio']), lg(tex(images) / tex(originals).clamp_min(1e-6))
+    return dict(seam=seam, texture=texture, gap=seam + texture)
 
 # %% ../nbs/17_measures.ipynb #585e1c1f
 def measure_speed(fn: Callable, make_input: Callable, batch_sizes: Sequence[int] = (1, 8), repeats: int = 3, device=None) -> list[dict]:

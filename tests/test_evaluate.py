@@ -97,7 +97,7 @@ def test_report_numbers_unchanged_by_the_split():
     b, a = _numbers(before), _numbers(after)
     fct.test_eq(set(b) - set(a), set())                                    # nothing dropped
     added = {k[-2:] for k in set(a) - set(b)}
-    fct.test_eq({k[-1] for k in added}, {'pose_error', 'l1_right', 'ssim_right', 'l1_wrong', 'ssim_wrong', 'l1_ratio'})
+    fct.test_eq({k[-1] for k in added}, {'pose_error', 'l1_right', 'ssim_right', 'l1_wrong', 'ssim_wrong', 'l1_ratio', 'gap'})   # gap: the paste-gap judge (#29)
     for k, v in b.items():
         if v is None or isinstance(v, int): fct.test_eq(a[k], v)
         else: assert abs(a[k] - v) <= 1e-6 + 1e-4 * abs(v), (k, v, a[k])   # last-bit room for another CPU's kernels
@@ -129,3 +129,17 @@ def test_restore_inverts_the_password_method_with_its_seed():
     fct.test_eq(pw.passwords(3, 7), pw.passwords(3, 7))
     assert (pw.passwords(3, 7, wrong=True) != pw.passwords(3, 7)).any(1).all()   # every face gets another password
     fct.test_fail(lambda: get_method('identity').restore(x, 0), contains='not reversible')
+
+def test_cli_real_photos_every_method_and_a_judge_that_ranks(tmp_path):
+    "#29: the password method runs on 128-px real crops, and the paste gap ranks identity < blur9 < blur17 < the synthetic-paste control."
+    from faceanon.data.photos import face_api_samples
+    if not face_api_samples(): pytest.skip('face-api sample photos not in the cache (make photos)')
+    out = tmp_path / 'rep'
+    r = subprocess.run([sys.executable, '-m', 'faceanon.cli', 'evaluate', '--methods', 'identity,ciagan,password,blur9,blur17,mask,synthpaste',
+                        '--data', 'photos', '-o', str(out), '--no-speed', '--no-progress'], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    M = json.loads((out / 'report.json').read_text())['methods']
+    gap = {k: v['realism']['gap'] for k, v in M.items()}
+    assert gap['identity'] == 0 < gap['blur9'] < gap['blur17'] < gap['synthpaste'], gap
+    assert gap['synthpaste'] > 1.5 * gap['blur17'] and gap['mask'] > gap['synthpaste'], gap
+    assert M['password']['privacy']['reid'] <= 1 and 'gap ↓' in (out / 'report.md').read_text()

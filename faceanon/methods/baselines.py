@@ -13,9 +13,9 @@ from skimage.segmentation import slic
 from .base import AnonMethod, FaceBatch, register_method
 
 # %% auto #0
-__all__ = ['Identity', 'opencv_sigma', 'gaussian_kernel1d', 'gaussian_blur', 'scaled_kernel', 'Blur', 'blur9', 'blur17',
-           'pixelate', 'Pixelate', 'pixelate8', 'pixelate16', 'SolidMask', 'Noise', 'sobel_magnitude', 'Edge',
-           'superpixel_means', 'Superpixel']
+__all__ = ['CONTROLS', 'Identity', 'opencv_sigma', 'gaussian_kernel1d', 'gaussian_blur', 'scaled_kernel', 'Blur', 'blur9',
+           'blur17', 'pixelate', 'Pixelate', 'pixelate8', 'pixelate16', 'SolidMask', 'Noise', 'sobel_magnitude', 'Edge',
+           'superpixel_means', 'Superpixel', 'SynthPaste']
 
 # %% ../../nbs/03a_methods.baselines.ipynb #be9eb3e4
 class Identity(AnonMethod):
@@ -155,3 +155,17 @@ class Superpixel(AnonMethod):
         return torch.from_numpy(out).permute(0, 3, 1, 2).to(batch.images) * 2 - 1
 
 register_method('superpixel')(Superpixel)
+
+# %% ../../nbs/03a_methods.baselines.ipynb #84bec90b
+CONTROLS = ('synthpaste',)   # registered for evaluation, left out of demos
+
+@register_method('synthpaste')
+@dataclass
+class SynthPaste(AnonMethod):
+    "Control for realism judges, not for use: a SynthFaces face of a random identity pasted into the face region as it is."
+    n_ids: int = 1000   # identities drawn from
+    def anonymize(self, batch, generator):
+        from faceanon.data.synthetic import synth_sample
+        ids = torch.randint(self.n_ids, (len(batch),), generator=generator, device=generator.device).tolist()
+        faces = np.stack([synth_sample(i, 0, size=batch.size)['image'] for i in ids])
+        return torch.from_numpy(faces).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(batch.images)
