@@ -132,6 +132,9 @@ def _deface_cmd() -> list | None:
 def bench_video(methods=('blur17', 'mask', 'ciagan'), quick: bool = False, deface: bool = True) -> list[dict]:
     "Seconds per frame of whole-file runs on the bench clip: `anonymize_video` per method, and deface's command line when installed."
     from faceanon.video import anonymize_video, probe_video
+    from faceanon.methods.base import available_methods
+    for m in set(methods) - set(available_methods()):                  # GAN methods register when their module is imported
+        __import__(f'faceanon.methods.{m}')
     clip = bench_clip(2, (640, 360)) if quick else bench_clip()
     info, rows = probe_video(clip), []
     name = f'clip {info.width}x{info.height} {info.frames / info.fps:.0f} s'

