@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench photos export-check nbtest pytest readme clean-nbs lab
+.PHONY: setup demo test bench photos browser export-check nbtest pytest readme clean-nbs lab app
 
 setup: $(STAMP)
 
@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/faceanon demo
 
-test: setup photos export-check nbtest pytest
+test: setup photos browser export-check nbtest pytest
 
 # real group photos from the npm registry into the user's cache (never committed); tests that need them skip without
 photos: setup
 	-$(BIN)/python -c "from faceanon.data.photos import fetch_face_api_samples as f; print(len(f()), 'face-api sample photos ready')"
+
+# headless Chromium and its driver for the dashboard's browser test (Debian's packages); the test skips, saying why, where they cannot be installed
+browser:
+	@tools/install_browser.sh
 
 # the library must be exactly what the notebooks export, and README.md what index.ipynb renders
 export-check: setup
@@ -49,6 +53,10 @@ readme: setup
 
 clean-nbs: setup
 	$(BIN)/nbdev-clean
+
+# the dashboard as a page on http://127.0.0.1:8866 (Voila); open it in a browser, Ctrl-C stops it
+app: setup
+	$(BIN)/voila nbs/50a_app.page.ipynb --port=8866 --no-browser --Voila.ip=127.0.0.1
 
 lab: setup
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1
