@@ -70,6 +70,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'faceanon.cli.demo_methods': ('nbs/cli.html#demo_methods', 'faceanon/cli.py'),
                               'faceanon.cli.demo_photos': ('nbs/cli.html#demo_photos', 'faceanon/cli.py'),
                               'faceanon.cli.evaluate_cmd': ('nbs/cli.html#evaluate_cmd', 'faceanon/cli.py'),
+                              'faceanon.cli.grid_columns': ('nbs/cli.html#grid_columns', 'faceanon/cli.py'),
                               'faceanon.cli.main': ('nbs/cli.html#main', 'faceanon/cli.py'),
                               'faceanon.cli.method_from_args': ('nbs/cli.html#method_from_args', 'faceanon/cli.py'),
                               'faceanon.cli.methods_cmd': ('nbs/cli.html#methods_cmd', 'faceanon/cli.py'),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from .core import image_grid, save_image
 from .methods.base import available_methods, method_doc, get_method
 from .pipeline import anonymize_image, UnsafeOutputError
@@ -21,8 +21,8 @@ from .evaluate import EvalConfig, evaluate, get_recognizer
 
 # %% auto #0
 __all__ = ['COMMANDS', 'METHOD_OPTIONS', 'TRAINERS', 'Command', 'command', 'build_parser', 'main', 'methods_cmd',
-           'method_from_args', 'anonymize_cmd', 'titled', 'demo_photos', 'view_box', 'demo_methods', 'demo_grid',
-           'demo_cmd', 'evaluate_cmd', 'train_cmd', 'recover_cmd', 'bench_cmd']
+           'method_from_args', 'anonymize_cmd', 'titled', 'demo_photos', 'view_box', 'demo_methods', 'grid_columns',
+           'demo_grid', 'demo_cmd', 'evaluate_cmd', 'train_cmd', 'recover_cmd', 'bench_cmd']
 
 # %% ../nbs/40_cli.ipynb #d606d4c2
 @dataclass
@@ -117,12 +117,13 @@ def anonymize_cmd(args) -> int:
     return _run_anonymize(args)
 
 # %% ../nbs/40_cli.ipynb #b0ef4285
-def titled(img: np.ndarray, title: str, height: int = 200) -> np.ndarray:
-    "Resize to `height` px tall and put `title` in a white strip above."
-    h, w = img.shape[:2]
-    pil = Image.fromarray(img).resize((max(1, round(w * height / h)), height), Image.LANCZOS)
-    canvas = Image.new('RGB', (pil.width, height + 16), 'white'); canvas.paste(pil, (0, 16))
-    ImageDraw.Draw(canvas).text((3, 2), title, fill=(0, 0, 0))
+def titled(img: np.ndarray, title: str, height: int = 200, width: int | None = None, font: int = 16) -> np.ndarray:
+    "Fit into width x height (aspect kept, white margins; width None: as wide as the picture needs) under `title` in a legible font."
+    h, w = img.shape[:2]; s = height / h if width is None else min(height / h, width / w)
+    pil = Image.fromarray(img).resize((max(1, round(w * s)), max(1, round(h * s))), Image.LANCZOS)
+    W, strip = width or pil.width, font + 8
+    canvas = Image.new('RGB', (W, height + strip), 'white'); canvas.paste(pil, ((W - pil.width) // 2, strip + (height - pil.height) // 2))
+    ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0), font=ImageFont.load_default(size=font))
     return np.asarray(canvas)
 
 # %% ../nbs/40_cli.ipynb #a4107960
@@ -131,11 +132,16 @@ def _faces_from_scene(sc: dict) -> list:
     return [Face(box=b, score=1.0, landmarks5=landmarks5_from_68(lm), landmarks68=lm, detector='ground truth')
             for b, lm in zip(sc['boxes'], sc['landmarks'])]
 
-def demo_photos(seed: int = 0) -> list[tuple[str, np.ndarray, list | None]]:
-    "(name, picture, known faces or None) for the demo: the astronaut and a synthetic scene."
+def demo_photos(seed: int = 0, group: bool = True) -> list[tuple[str, np.ndarray, list | None]]:
+    "(name, picture, known faces or None): the astronaut, a face-api group photo (when cached and `group`) and a synthetic scene."
     from skimage.data import astronaut
+    from faceanon.data.photos import face_api_samples
+    from faceanon.pipeline import read_image
     sc = synth_scene(n_faces=3, size=(256, 384), seed=seed)
-    return [('astronaut', astronaut(), None), ('synthetic scene', sc['image'], _faces_from_scene(sc))]
+    out = [('astronaut', astronaut(), None)]
+    try: out += [('group photo', read_image(face_api_samples()[3]), None)] if group else []   # face-api sample4: five faces
+    except (FileNotFoundError, IndexError): pass
+    return out + [('synthetic scene', sc['image'], _faces_from_scene(sc))]
 
 def view_box(faces: list, shape: tuple, margin: float = 0.8) -> tuple[slice, slice]:
     "Rows and columns of `shape` around all `faces`, widened by `margin` × the largest face (the whole picture if none)."
@@ -148,29 +154,40 @@ def demo_methods() -> list[str]:
     "Every registered method but the controls (`baselines.CONTROLS`), identity first."
     return sorted((n for n in available_methods() if n not in CONTROLS), key=lambda n: (n != 'identity', n))
 
-def demo_grid(methods: list[str] | None = None, detector: str = 'mtcnn', seed: int = 0) -> np.ndarray:
-    "One grid: a row per demo photo, detections first, then every method (shown zoomed to the faces)."
-    methods = methods or demo_methods()
-    tiles = []
-    for name, img, gt in demo_photos(seed):
+def grid_columns(per_block: int, blocks: int, tile: tuple, max_aspect: float = 2.5) -> int:
+    "Columns for `blocks` blocks of `per_block` tiles (w, h), each block starting a row: the fewest rows whose grid is no wider than max_aspect, filled evenly."
+    w, h = tile
+    for rows in range(1, per_block + 1):
+        c = -(-per_block // rows)
+        if c * w / (blocks * -(-per_block // c) * h) <= max_aspect: return c
+    return 1
+
+def demo_grid(methods: list[str] | None = None, detector: str = 'mtcnn', seed: int = 0, group: bool = True,
+              tile: tuple = (240, 200), max_aspect: float = 2.5) -> np.ndarray:
+    "One grid: per demo photo the detections, then every method zoomed to the faces, wrapped into rows no wider than max_aspect."
+    methods, blocks = methods or demo_methods(), []
+    for name, img, gt in demo_photos(seed, group):
         faces, how = detect_faces(img, detector), detector
         if not faces and gt is not None: faces, how = gt, 'ground truth'
-        v = view_box(faces, img.shape)
-        tiles.append(titled(draw_faces(img, faces)[v], f"{name}: {len(faces)} face(s), {how}"))
-        tiles += [titled(anonymize_image(img, m, faces=faces, seed=seed).image[v], m) for m in methods]
-    return image_grid(tiles, ncols=len(methods) + 1, pad=4)
+        v, fit = view_box(faces, img.shape), lambda im, t: titled(im, t, tile[1], tile[0])
+        blocks.append([fit(draw_faces(img, faces)[v], f"{name}: {len(faces)} found")] +
+                      [fit(anonymize_image(img, m, faces=faces, seed=seed).image[v], m) for m in methods])
+    c = grid_columns(len(blocks[0]), len(blocks), (tile[0], tile[1] + 24), max_aspect)
+    blank = np.full_like(blocks[0][0], 255)
+    tiles = [t for b in blocks for t in b + [blank] * (-len(b) % c)]       # each photo starts a new row
+    return image_grid(tiles, ncols=c, pad=4)
 
 def _demo_args(p):
     p.add_argument('-o', '--outdir', default='outputs', help='folder for demo.png (default: ./outputs)')
     p.add_argument('--detector', default='mtcnn', metavar='NAME', help='face detector (default: mtcnn)')
     p.add_argument('--seed', type=int, default=0, help='seed for stochastic methods (default: 0)')
 
-@command('demo', 'run every method on the astronaut and a synthetic scene; write one grid PNG', _demo_args)
+@command('demo', 'run every method on the astronaut, a group photo and a synthetic scene; write one grid PNG', _demo_args)
 def demo_cmd(args) -> int:
     "Write outputs/demo.png and say where it is."
     t0 = time.time()
     path = save_image(demo_grid(detector=args.detector, seed=args.seed), Path(args.outdir) / 'demo.png')
-    print(f"faceanon demo: {len(demo_methods())} methods on 2 photos in {time.time() - t0:.1f} s -> {path.resolve()}")
+    print(f"faceanon demo: {len(demo_methods())} methods on {len(demo_photos())} photos in {time.time() - t0:.1f} s -> {path.resolve()}")
     return 0
 
 # %% ../nbs/40_cli.ipynb #f58c5256
