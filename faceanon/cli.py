@@ -14,7 +14,8 @@ from .core import image_grid, save_image
 from .methods.base import available_methods, method_doc, get_method
 from .pipeline import anonymize_image, UnsafeOutputError
 from .methods.baselines import CONTROLS
-from .video import anonymize_files, VideoOptions, VIDEO_SUFFIXES
+from .video import VideoOptions, VIDEO_SUFFIXES
+from .engines import run_engine, ENGINES
 from .detect import Face, detect_faces, draw_faces, landmarks5_from_68
 from .data.synthetic import synth_scene
 from .evaluate import EvalConfig, evaluate, get_recognizer
@@ -79,6 +80,7 @@ def _anonymize_args(p, method: bool = True):
     p.add_argument('--detect-every', type=int, default=VideoOptions.detect_every, metavar='N',
                    help=f'videos: detect faces every N frames and track them in between (default: {VideoOptions.detect_every})')
     p.add_argument('--no-audio', action='store_true', help='videos: drop the sound (default: keep it)')
+    p.add_argument('--engine', default='local', choices=ENGINES, help='where files run: local (default) or ray (the cluster RAY_ADDRESS names, else a local one; outputs already written are skipped)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--weights', default=None, metavar='PATH', help="GAN methods: a trained model file (default: the committed SynthFaces model)")
     p.add_argument('--password', default=None, help='password method: the passphrase (default: a random password per face)')
@@ -103,11 +105,13 @@ def _run_anonymize(args, **extra) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"faceanon: {e}", file=sys.stderr); return 2
     try:
-        s = anonymize_files(args.inputs, args.outdir, method=method, detector=args.detector, fail_closed=args.fail_closed,
-                            seed=args.seed, progress=not args.no_progress, opts=opts, crop_size=args.crop_size, min_score=args.min_score,
-                            max_side=args.detect_size)
+        s = run_engine(args.inputs, args.outdir, args.engine, method=method, detector=args.detector, fail_closed=args.fail_closed,
+                       seed=args.seed, progress=not args.no_progress, opts=opts, crop_size=args.crop_size, min_score=args.min_score,
+                       max_side=args.detect_size)
     except UnsafeOutputError as e:
         print(f"faceanon: refused: {e}", file=sys.stderr); return 2
+    except ImportError as e:
+        print(f"faceanon: {e}", file=sys.stderr); return 2
     print(s.report(), file=sys.stderr)
     return s.exit_code
 

@@ -21,7 +21,7 @@ import faceanon.methods.baselines  # registers the baseline methods
 # %% auto #0
 __all__ = ['MAX_PIXELS', 'MIN_FACE_SIDE', 'PRIVACY_MARGIN', 'IMAGE_SUFFIXES', 'WRITABLE_SUFFIXES', 'ReadError', 'ImageReadError',
            'read_image', 'obscure', 'AnonResult', 'grow_mask', 'paste_faces', 'anonymize_faces', 'anonymize_image',
-           'UnsafeOutputError', 'plan_outputs', 'RunSummary', 'anonymize_paths']
+           'UnsafeOutputError', 'plan_outputs', 'FileDone', 'RunSummary', 'anonymize_file', 'anonymize_paths']
 
 # %% ../nbs/04_pipeline.ipynb #54b30619
 class ReadError(Exception):
@@ -148,6 +148,21 @@ def plan_outputs(inputs, outdir, video_suffixes=()) -> tuple[list[tuple[Path, Pa
 
 # %% ../nbs/04_pipeline.ipynb #0f751e27
 @dataclass
+class FileDone:
+    "What happened to one input file: plain data, so it can come back from another process or machine."
+    src: Path
+    dst: Path
+    faces: int = 0          # faces (photos) or face tracks (videos) anonymized
+    no_face: bool = False   # no confident face found
+    obscured: bool = False  # fully (or, for videos, partly) obscured by fail_closed
+    note: str = ''          # something the user should hear, e.g. a truncated video
+    error: str = ''         # one line; set when the file failed (nothing was written)
+
+def _say(msg: str):
+    "One line to stderr that does not break a progress bar."
+    tqdm.write(msg, file=sys.stderr)
+
+@dataclass
 class RunSummary:
     "What a batch run did: counts, failures (path, reason) and the pictures without a face."
     files: int = 0
@@ -156,13 +171,23 @@ class RunSummary:
     failures: list = field(default_factory=list)   # (input path, reason)
     no_face: list = field(default_factory=list)    # inputs where no (confident) face was found
     obscured: list = field(default_factory=list)   # inputs fully obscured by fail_closed
+    skipped: list = field(default_factory=list)    # inputs whose output was already written (a resumed run)
 
     @property
     def exit_code(self) -> int: return 1 if self.failures else 0
 
+    def add(self, d: FileDone):
+        "Count one file's outcome (and say it on stderr when it failed or needs a word)."
+        if d.error: self.failures.append((d.src, d.error)); _say(f"faceanon: skipped {d.error}"); return
+        if d.note: _say(f"faceanon: {d.src}: {d.note}")
+        self.written.append(d.dst); self.faces += d.faces
+        if d.no_face: self.no_face.append(d.src)
+        if d.obscured: self.obscured.append(d.src)
+
     def report(self) -> str:
         "A few lines for the terminal."
-        lines = [f"faceanon: {self.files} files, {len(self.written)} written, {self.faces} faces anonymized, {len(self.failures)} failed"]
+        lines = [f"faceanon: {self.files} files, {len(self.written)} written, {self.faces} faces anonymized, {len(self.failures)} failed"
+                 + (f", {len(self.skipped)} already written (skipped)" if self.skipped else '')]
         if self.no_face:
             how = 'fully obscured (fail-closed)' if self.obscured else 'written unchanged; use --fail-closed to obscure them'
             lines.append(f"faceanon: no face found in {len(self.no_face)} image(s) (or none above --min-score; {how}): " + ', '.join(map(str, self.no_face)))
@@ -170,15 +195,19 @@ class RunSummary:
         return '\n'.join(lines)
 
 # %% ../nbs/04_pipeline.ipynb #e71ed9db
-def _say(msg: str):
-    "One line to stderr that does not break a progress bar."
-    tqdm.write(msg, file=sys.stderr)
-
-def _video_done(summ: RunSummary, src: Path, dst: Path, res):
-    "Count a written video in the summary and say when it was shorter than its header announced."
-    summ.written.append(dst); summ.faces += res.tracks
-    if res.obscured: summ.obscured.append(src)
-    if res.truncated: _say(f"faceanon: {src}: only {res.frames} of {res.expected} frames could be decoded (truncated?); wrote those")
+def anonymize_file(src: Path, dst: Path, method: AnonMethod, detector: str | Callable = 'mtcnn', fail_closed: bool = False,
+                   seed: int | None = None, video: Callable | None = None, **kw) -> FileDone:
+    "One input file to its output (written atomically); never raises: a failure comes back as FileDone.error."
+    try:
+        if video is not None and src.suffix.lower() in video.suffixes:
+            r = video(src, dst, method)
+            note = f"only {r.frames} of {r.expected} frames could be decoded (truncated?); wrote those" if r.truncated else ''
+            return FileDone(src, dst, r.tracks, False, bool(r.obscured), note)
+        res = anonymize_image(read_image(src), method, detector, fail_closed=fail_closed, seed=seed, **kw)
+        save_image(res.image, dst)
+        return FileDone(src, dst, len(res.faces), bool(res.flags & {'no_face', 'uncertain'}), 'obscured' in res.flags)
+    except Exception as e:
+        return FileDone(src, dst, error=str(e) if isinstance(e, ReadError) else f"{src}: {type(e).__name__}: {e}")
 
 def anonymize_paths(inputs, outdir, method: str | AnonMethod = 'blur17', detector: str | Callable = 'mtcnn',
                     fail_closed: bool = False, seed: int | None = None, progress: bool = True,
@@ -190,16 +219,7 @@ def anonymize_paths(inputs, outdir, method: str | AnonMethod = 'blur17', detecto
     m = _as_method(method, kw.pop('crop_size', None))
     summ = RunSummary(files=len(pairs) + len(problems))
     for p, why in problems: summ.failures.append((p, why)); _say(f"faceanon: skipped {p}: {why}")
-    for src, dst in tqdm(pairs, desc='anonymizing', unit='img', disable=not progress, file=sys.stderr):
-        try:
-            if src.suffix.lower() in vsuf: _video_done(summ, src, dst, video(src, dst, m)); continue
-            res = anonymize_image(read_image(src), m, detector, fail_closed=fail_closed, seed=seed, **kw)
-            save_image(res.image, dst)
-        except Exception as e:
-            reason = str(e) if isinstance(e, ReadError) else f"{src}: {type(e).__name__}: {e}"
-            summ.failures.append((src, reason)); _say(f"faceanon: skipped {reason}")
-            continue
-        summ.written.append(dst); summ.faces += len(res.faces)
-        if res.flags & {'no_face', 'uncertain'}: summ.no_face.append(src)
-        if 'obscured' in res.flags: summ.obscured.append(src)
+    for src, dst in tqdm(pairs, desc='anonymizing', unit='file', disable=not progress, file=sys.stderr):
+        summ.add(anonymize_file(src, dst, m, detector, fail_closed, seed, video, **kw))
     return summ
+
