@@ -28,7 +28,7 @@ def _task(threads: int, *args, **kw):
     return anonymize_file(*args, **kw)
 
 def ray_anonymize(inputs, outdir, method='blur17', detector='mtcnn', fail_closed: bool = False, seed: int | None = None,
-                  progress: bool = True, video=None, address: str | None = None, num_cpus: float = 1, **kw) -> RunSummary:
+                  progress: bool = True, video=None, address: str | None = None, **kw) -> RunSummary:
     "anonymize_paths on a Ray cluster (address, else RAY_ADDRESS, else a local one): one task per file, outputs already written skipped."
     ray = _ray()
     pairs, problems = plan_outputs(inputs, outdir, tuple(getattr(video, 'suffixes', ())))
@@ -42,7 +42,9 @@ def ray_anonymize(inputs, outdir, method='blur17', detector='mtcnn', fail_closed
     if started: ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         import torch
-        task, mref, th = ray.remote(num_cpus=num_cpus)(_task), ray.put(m), torch.get_num_threads()
+        th = torch.get_num_threads()
+        cpus = min([th] + [n['Resources'].get('CPU', 1) for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU')])
+        task, mref = ray.remote(num_cpus=cpus)(_task), ray.put(m)        # a task reserves the CPUs its threads use (at most a node's)
         refs = [task.remote(th, s, d, mref, detector, fail_closed, seed, video, **kw) for s, d in todo]
         done = {}
         with tqdm(total=len(refs), desc=f'anonymizing on ray', unit='file', disable=not progress, file=sys.stderr) as bar:
@@ -67,7 +69,7 @@ def run_engine(inputs, outdir, engine: str = 'local', method='blur17', detector=
                          video=video_handler(detector, opts, seed, False, kw.get('device')), **kw)
 
 # %% ../nbs/45_engines.ipynb #8bc67ce2
-def ray_throughput(n_files: int = 24, workers=(1, 2), method: str = 'mask') -> list[dict]:
+def ray_throughput(n_files: int = 96, workers=(1, 2), method: str = 'mask') -> list[dict]:
     "Files per second of the Ray engine on a local cluster with 1 and 2 worker CPUs (copies of the astronaut)."
     import tempfile
     from skimage.data import astronaut
