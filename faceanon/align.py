@@ -76,11 +76,11 @@ def warp_affine(src: np.ndarray, M: np.ndarray, size: tuple, origin=(0, 0), # to
     k = int(1 / scale) if antialias and scale < 0.5 else 1
     if k > 1 and min(t.shape[-2:]) >= k: t = F.avg_pool2d(t, k, ceil_mode=True, count_include_pad=False)
     else: k = 1
-    jj, ii = np.meshgrid(np.arange(w) + origin[0], np.arange(h) + origin[1])
-    p = apply_affine(Minv, np.stack([jj, ii], -1)) - [x0, y0]    # (h, w, 2) source coords in the rect
-    p = (p - (k - 1) / 2) / k                                     # ... in pooled pixels
     hs, ws = t.shape[-2:]
-    g = torch.from_numpy(p / [max(ws - 1, 1), max(hs - 1, 1)] * 2 - 1).float()[None]
+    L = np.diag([2 / (k * max(ws - 1, 1)), 2 / (k * max(hs - 1, 1))])   # source rect px (pooled by k) -> grid_sample's [-1, 1]
+    A = np.c_[L @ Minv[:, :2], L @ (Minv[:, :2] @ np.asarray(origin, np.float64) + Minv[:, 2] - [x0, y0] - (k - 1) / 2) - 1]   # output px -> grid
+    theta = A @ np.array([[(w - 1) / 2, 0, (w - 1) / 2], [0, (h - 1) / 2, (h - 1) / 2], [0, 0, 1]])   # normalised output -> grid
+    g = F.affine_grid(torch.from_numpy(theta).float()[None], (1, t.shape[1], h, w), align_corners=True)   # one affine: no per-pixel numpy
     out = F.grid_sample(t, g, mode='bilinear', padding_mode=padding, align_corners=True)[0].permute(1, 2, 0).numpy()
     return out[..., 0] if squeeze else out
 
