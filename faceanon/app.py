@@ -46,8 +46,8 @@ def load_photo(source) -> np.ndarray:
 KNOBS = ('password', 'target_id', 'strength', 'eps', 'beta')   # constructor options the dashboard offers (as the CLI does)
 
 def app_methods() -> list[str]:
-    "Every registered method but the controls, identity first."
-    return sorted((n for n in available_methods() if n not in CONTROLS), key=lambda n: (n != 'identity', n))
+    "Every registered method that anonymizes: not the controls, not the no-op identity (its 'anonymized.png' would be the original)."
+    return sorted(n for n in available_methods() if n not in CONTROLS and n != 'identity')
 
 def method_knobs(name: str) -> tuple:
     "The KNOBS that method `name`'s factory takes."
@@ -75,7 +75,8 @@ def anonymize_for_app(img: np.ndarray, method: str, seed: int = 0, detector: str
     if unknown: raise ValueError(f"unknown knob(s) {sorted(unknown)}; the dashboard offers {KNOBS}")
     m = _method(method, **_knobs(method, knobs))
     res = anonymize_image(img, m, detector=detector, seed=seed)
-    msg = f"{method}: {len(res.faces)} face(s) anonymized" + (' - no confident face found, nothing changed' if res.flags & {'no_face', 'uncertain'} else '')
+    msg = f"{method}: {len(res.faces)} face(s) anonymized" + (' - no face found, nothing changed' if 'no_face' in res.flags else
+                                                              ' (all detections below the confidence threshold)' if 'uncertain' in res.flags else '')
     return dict(detections=draw_faces(img, res.faces), result=res.image, png=png_bytes(res.image), message=msg)
 
 def recover_for_app(img: np.ndarray, password: str, detector: str = 'mtcnn') -> dict:
@@ -108,10 +109,11 @@ def build_app(photo: str = 'astronaut', method: str = 'blur17'):
                  beta=W.FloatSlider(value=0.0, min=0, max=1, step=0.05, description='beta'))
     det, out = cls(W.Image(format='png', width=360), 'fa-detections'), cls(W.Image(format='png', width=360), 'fa-result')
     msg, link = cls(W.HTML(), 'fa-message'), W.HTML()
-    state = dict(img=load_photo(photo))
+    state, touched = dict(img=load_photo(photo)), set()      # knobs the user has not moved keep the method's own defaults
+    for k, w in knobs.items(): w.observe(lambda c, k=k: touched.add(k), 'value')
     def values():
-        v = {k: w.value for k, w in knobs.items()}
-        if v['target_id'] < 0: v['target_id'] = None
+        v = {k: knobs[k].value for k in touched}
+        if v.get('target_id', 0) < 0: v['target_id'] = None
         return v
     def run(*_):
         for k, w in knobs.items(): w.layout.display = '' if k in method_knobs(meth.value) else 'none'

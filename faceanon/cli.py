@@ -79,6 +79,8 @@ def _anonymize_args(p, method: bool = True):
                    help='detect on a copy whose longer side is at most PX (default: 1024); raise it for small faces in big photos')
     p.add_argument('--detect-every', type=int, default=VideoOptions.detect_every, metavar='N',
                    help=f'videos: detect faces every N frames and track them in between (default: {VideoOptions.detect_every})')
+    p.add_argument('--video-detect-size', type=int, default=VideoOptions.detect_side, metavar='PX',
+                   help=f'videos: detect on frames scaled to at most PX on the longer side (default: {VideoOptions.detect_side}); raise it for small faces in HD/4K')
     p.add_argument('--no-audio', action='store_true', help='videos: drop the sound (default: keep it)')
     p.add_argument('--engine', default='local', choices=ENGINES, help='where files run: local (default) or ray (the cluster RAY_ADDRESS names, else a local one; outputs already written are skipped)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -101,7 +103,7 @@ def method_from_args(args, **extra):
 
 def _run_anonymize(args, **extra) -> int:
     "Build the method, run the pipeline on the inputs and print the summary."
-    try: method, opts = method_from_args(args, **extra), VideoOptions(detect_every=args.detect_every, audio=not args.no_audio, min_score=args.min_score)
+    try: method, opts = method_from_args(args, **extra), VideoOptions(detect_every=args.detect_every, detect_side=args.video_detect_size, audio=not args.no_audio, min_score=args.min_score)
     except (ValueError, FileNotFoundError) as e:
         print(f"faceanon: {e}", file=sys.stderr); return 2
     try:

@@ -8,7 +8,7 @@ import os, sys, time
 from dataclasses import replace
 from pathlib import Path
 from tqdm.auto import tqdm
-from .pipeline import RunSummary, plan_outputs, anonymize_file, _as_method, _say
+from .pipeline import FileDone, RunSummary, plan_outputs, anonymize_file, _as_method, _say
 from .video import VideoOptions, anonymize_files, video_handler
 
 # %% auto #0
@@ -45,13 +45,17 @@ def ray_anonymize(inputs, outdir, method='blur17', detector='mtcnn', fail_closed
         th = torch.get_num_threads()
         cpus = min([th] + [n['Resources'].get('CPU', 1) for n in ray.nodes() if n['Alive'] and n['Resources'].get('CPU')])
         task, mref = ray.remote(num_cpus=cpus)(_task), ray.put(m)        # a task reserves the CPUs its threads use (at most a node's)
-        refs = [task.remote(th, s, d, mref, detector, fail_closed, seed, video, **kw) for s, d in todo]
-        done = {}
-        with tqdm(total=len(refs), desc=f'anonymizing on ray', unit='file', disable=not progress, file=sys.stderr) as bar:
-            while refs:
-                ready, refs = ray.wait(refs, num_returns=1)
-                d = ray.get(ready[0]); done[d.src] = d; bar.update()
-        for s, _ in todo: summ.add(done[s])                  # in input order, whatever order the tasks finished in
+        refs = {task.remote(th, s.resolve(), d.resolve(), mref, detector, fail_closed, seed, video, **kw): k for k, (s, d) in enumerate(todo)}   # absolute: workers have their own cwd
+        done, pending = {}, list(refs)
+        with tqdm(total=len(pending), desc='anonymizing on ray', unit='file', disable=not progress, file=sys.stderr) as bar:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=min(len(pending), 64), timeout=0.5)   # in bunches: one call per file would cost O(n) each
+                for r in ready:
+                    s, d = todo[refs[r]]
+                    try: res = ray.get(r); done[refs[r]] = replace(res, src=s, dst=d, error=res.error.replace(str(s.resolve()), str(s)))
+                    except ray.exceptions.RayError as e: done[refs[r]] = FileDone(s, d, error=f"{s}: {type(e).__name__}: {str(e).splitlines()[0]}")   # a crashed task is one failed file
+                bar.update(len(ready))
+        for k in range(len(todo)): summ.add(done[k])          # in input order, whatever order the tasks finished in
     finally:
         if started: ray.shutdown()
     return summ

@@ -132,8 +132,9 @@ def plan_outputs(inputs, outdir, video_suffixes=()) -> tuple[list[tuple[Path, Pa
     for p in map(Path, inputs):
         if p.resolve() == out_r: raise UnsafeOutputError(f"output folder {outdir} is an input; choose another -o/outdir")
         if p.is_dir():
+            nested = p.resolve() in out_r.parents                   # the output folder sits inside this input folder: skip what it holds
             files = sorted(f for f in p.rglob('*') if f.is_file() and f.suffix.lower() in (*IMAGE_SUFFIXES, *video_suffixes)
-                           and out_r not in f.resolve().parents)
+                           and not (nested and out_r in f.resolve().parents))
             pairs += [(f, outdir / _out_name(f.relative_to(p), video_suffixes)) for f in files]
         elif p.exists(): pairs.append((p, outdir / _out_name(Path(p.name), video_suffixes)))
         else: problems.append((p, 'no such file or folder'))

@@ -5,6 +5,7 @@
 # %% ../nbs/05_video.ipynb #cf10e59d
 from __future__ import annotations
 import os, sys, tempfile
+from collections import deque
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -150,9 +151,9 @@ class FaceTracker:
     def __init__(self, fps: float, opts: VideoOptions):
         from motpy import MultiObjectTracker
         self.opts, self.tracks, self.count = opts, {}, 0
-        stale = opts.detect_every * (opts.hold + 1) + 1     # motpy counts stale frames; we count detection rounds
-        self.mot = MultiObjectTracker(dt=1 / max(fps, 1e-3), tracker_kwargs=dict(max_staleness=stale),
-                                      active_tracks_kwargs=dict(min_steps_alive=1, max_staleness=stale, max_staleness_to_positive_ratio=1e9))
+        never = float('inf')    # motpy's own staleness (frames) would drop a face between rounds once N >= 5; we count rounds and prune ourselves
+        self.mot = MultiObjectTracker(dt=1 / max(fps, 1e-3), tracker_kwargs=dict(max_staleness=never),
+                                      active_tracks_kwargs=dict(min_steps_alive=1, max_staleness=never, max_staleness_to_positive_ratio=never))
 
     def _match(self, boxes: dict, faces: list[Face], i: int) -> None:
         "Give each detection the tracker box it overlaps most (one detection per track); open a track for every other one."
@@ -175,6 +176,7 @@ class FaceTracker:
             for t in self.tracks.values(): t.missed += 1
             self._match(boxes, faces, i)
             self.tracks = {k: t for k, t in self.tracks.items() if t.missed <= o.hold}
+            self.mot.trackers = [t for t in self.mot.trackers if t.id in self.tracks]     # motpy forgets what we dropped
         out = []
         for k, t in self.tracks.items():
             box = boxes.get(k, t.face.box)          # the Kalman-smoothed box, or the last detection once motpy dropped it
@@ -242,20 +244,34 @@ def _track_seed(seed: int, number: int) -> int:
     return (seed * 1_000_003 + number * 7_919 + 1) % 2 ** 62
 
 class VideoRun:
-    "The per-frame state of one video: tracker, method, seeds, the last detection's certainty."
+    "The per-frame state of one video: tracker, method, seeds, and the frames waiting for the next detection."
     def __init__(self, method, detector, fps: float, opts: VideoOptions, seed: int | None, device=None):
         self.m, self.opts, self.device = method, opts, device
         self.detector = get_detector('mtcnn', **VIDEO_MTCNN) if detector == 'mtcnn' and opts.recall else detector
         self.seed = int.from_bytes(os.urandom(4), 'little') if seed is None else seed
-        self.tracker, self.weak, self.res = FaceTracker(fps, opts), False, VideoResult()
+        self.tracker, self.weak, self.res, self.buf, self.n = FaceTracker(fps, opts), False, VideoResult(), deque(), 0
 
-    def __call__(self, i: int, img: np.ndarray) -> np.ndarray:
-        "Frame i (H, W, 3) uint8 upright -> its anonymized copy."
-        o, faces = self.opts, None
+    def push(self, img: np.ndarray, pts=None) -> list:
+        "Take the next upright frame; return the frames now ready [(anonymized frame, pts)], oldest first."
+        o, i, faces = self.opts, self.n, None
+        self.n += 1
         if i % o.detect_every == 0:
             faces = detect_faces(img, self.detector, max_side=o.detect_side) if min(img.shape[:2]) >= MIN_FACE_SIDE else []
             self.weak = any(f.score < o.min_score for f in faces)
+        born = self.tracker.count
         live = self.tracker.step(i, faces)
+        for t, _ in live:
+            if t.number >= born:                  # first seen now: it was most likely in the waiting frames too (back-fill)
+                for j, _, _, lst, _ in self.buf: lst.append((t, face_in_box(t.face, t.face.box, 1 + min(o.grow * (i - j), o.max_grow))))
+        self.buf.append((i, img, pts, list(live), self.weak or any(t.missed for t, _ in live)))
+        return [self._emit(*self.buf.popleft()) for _ in range(len(self.buf) - o.detect_every)]   # keep N frames: back to the last detection
+
+    def flush(self) -> list:
+        "The frames still waiting, anonymized, at the end of the video."
+        out = [self._emit(*b) for b in self.buf]; self.buf.clear(); return out
+
+    def _emit(self, i: int, img: np.ndarray, pts, live: list, uncertain: bool) -> tuple:
+        "Frame i anonymized with its faces (one seed and state per track), obscured if fail-closed and uncertain."
         tracks, fs = [t for t, _ in live], [f for _, f in live]
         def anon(batch):
             crops, states = self.m.track_step(batch, [_track_seed(self.seed, t.number) for t in tracks], [t.state for t in tracks])
@@ -264,12 +280,12 @@ class VideoRun:
         out = paste_faces(img, fs, self.m, anon, device=self.device)
         r = self.res; r.frames += 1; r.face_frames += len(fs); r.tracks = self.tracker.count
         r.boxes.append([(t.number, f.box.copy()) for t, f in live])
-        if o.fail_closed and (self.weak or any(t.missed for t in tracks)): out = obscure(out); r.obscured += 1
-        return out
+        if self.opts.fail_closed and uncertain: out = obscure(out); r.obscured += 1
+        return out, pts
 
-def _frame_out(av, img: np.ndarray, fr, last: int | None, i: int, rate: float, tb) -> tuple:
+def _frame_out(av, img: np.ndarray, pts, last: int | None, i: int, rate: float, tb) -> tuple:
     "An output VideoFrame at the input frame's time (frame i at `rate` where the input has none), strictly after the previous one."
-    pts = fr.pts if fr.pts is not None else round(i / (rate * tb))
+    pts = pts if pts is not None else round(i / (rate * tb))
     if last is not None and pts <= last: pts = last + 1
     out = av.VideoFrame.from_ndarray(img, format='rgb24')
     out.pts, out.time_base = pts, tb
@@ -299,9 +315,12 @@ def anonymize_video(src, dst, method='blur17', detector='mtcnn', opts: VideoOpti
                             for af in pkt.decode(): oc.mux(oas.encode(af))
                         continue
                     for fr in pkt.decode():
-                        img = run(run.res.frames, upright(fr.to_ndarray(format='rgb24'), fr.rotation))
-                        vf, last = _frame_out(av, img, fr, last, run.res.frames - 1, info.fps, ivs.time_base)
-                        oc.mux(ovs.encode(vf)); bar.update()
+                        for img, pts in run.push(upright(fr.to_ndarray(format='rgb24'), fr.rotation), fr.pts):
+                            vf, last = _frame_out(av, img, pts, last, run.res.frames - 1, info.fps, ivs.time_base)
+                            oc.mux(ovs.encode(vf)); bar.update()
+                for img, pts in run.flush():
+                    vf, last = _frame_out(av, img, pts, last, run.res.frames - 1, info.fps, ivs.time_base)
+                    oc.mux(ovs.encode(vf)); bar.update()
                 oc.mux(ovs.encode())
                 if oas is not None and not copy: oc.mux(oas.encode())
             except av.FFmpegError as e: raise VideoReadError(f"{src}: cannot decode video ({e.strerror or e})") from None
