@@ -1271,6 +1271,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'faceanon.video._frame_out': ('nbs/video.html#_frame_out', 'faceanon/video.py'),
                                 'faceanon.video._open': ('nbs/video.html#_open', 'faceanon/video.py'),
                                 'faceanon.video._paste': ('nbs/video.html#_paste', 'faceanon/video.py'),
+                                'faceanon.video._put': ('nbs/video.html#_put', 'faceanon/video.py'),
                                 'faceanon.video._track_seed': ('nbs/video.html#_track_seed', 'faceanon/video.py'),
                                 'faceanon.video._video_stream': ('nbs/video.html#_video_stream', 'faceanon/video.py'),
                                 'faceanon.video.anonymize_files': ('nbs/video.html#anonymize_files', 'faceanon/video.py'),

@@ -291,6 +291,11 @@ def _frame_out(av, img: np.ndarray, pts, last: int | None, i: int, rate: float, 
     out.pts, out.time_base = pts, tb
     return out, pts
 
+def _put(oc, dst, stream=None, frame=None, packet=None):
+    "Mux `packet`, or encode `frame` into `stream` (None: flush) and mux the result; an FFmpeg error here is the output's, not the input's."
+    try: oc.mux(packet if packet is not None else stream.encode(frame))
+    except _av().FFmpegError as e: raise OSError(f"{dst}: cannot write video ({e.strerror or e})") from None
+
 def anonymize_video(src, dst, method='blur17', detector='mtcnn', opts: VideoOptions | None = None,
                     seed: int | None = None, progress: bool = True, device=None) -> VideoResult:
     "Anonymize every face of the video `src` into the MP4 file `dst` (written atomically; `src` is only read)."
@@ -303,26 +308,27 @@ def anonymize_video(src, dst, method='blur17', detector='mtcnn', opts: VideoOpti
     try:
         with _open(src) as ic, av.open(tmp, 'w', format='mp4') as oc:
             ivs = ic.streams.video[0]; ivs.thread_type = 'AUTO'
+            by_index = 'avi' in ic.format.name.split(',')     # AVI stores no presentation times; FFmpeg's guesses go backwards with B-frames
             ias = ic.streams.audio[0] if opts.audio and ic.streams.audio else None
             ovs, (oas, copy) = _video_stream(oc, ivs, info, opts), _audio_stream(oc, ias)
-            bar, last = tqdm(total=info.frames or None, desc=src.name, unit='frame', disable=not progress, file=sys.stderr), None
+            bar, last, k = tqdm(total=info.frames or None, desc=src.name, unit='frame', disable=not progress, file=sys.stderr), None, 0   # k: frames written
             try:
                 for pkt in ic.demux(*[s for s in (ivs, ias) if s is not None]):
                     if pkt.stream.type == 'audio':
                         if copy:
-                            if pkt.dts is not None: pkt.stream = oas; oc.mux(pkt)
+                            if pkt.dts is not None: pkt.stream = oas; _put(oc, dst, packet=pkt)
                         else:
-                            for af in pkt.decode(): oc.mux(oas.encode(af))
+                            for af in pkt.decode(): _put(oc, dst, oas, af)
                         continue
                     for fr in pkt.decode():
-                        for img, pts in run.push(upright(fr.to_ndarray(format='rgb24'), fr.rotation), fr.pts):
-                            vf, last = _frame_out(av, img, pts, last, run.res.frames - 1, info.fps, ivs.time_base)
-                            oc.mux(ovs.encode(vf)); bar.update()
+                        for img, pts in run.push(upright(fr.to_ndarray(format='rgb24'), fr.rotation), None if by_index else fr.pts):
+                            vf, last = _frame_out(av, img, pts, last, k, info.fps, ivs.time_base); k += 1
+                            _put(oc, dst, ovs, vf); bar.update()
                 for img, pts in run.flush():
-                    vf, last = _frame_out(av, img, pts, last, run.res.frames - 1, info.fps, ivs.time_base)
-                    oc.mux(ovs.encode(vf)); bar.update()
-                oc.mux(ovs.encode())
-                if oas is not None and not copy: oc.mux(oas.encode())
+                    vf, last = _frame_out(av, img, pts, last, k, info.fps, ivs.time_base); k += 1
+                    _put(oc, dst, ovs, vf); bar.update()
+                _put(oc, dst, ovs)
+                if oas is not None and not copy: _put(oc, dst, oas)
             except av.FFmpegError as e: raise VideoReadError(f"{src}: cannot decode video ({e.strerror or e})") from None
             finally: bar.close()
             if run.res.frames == 0: raise VideoReadError(f"{src}: no frame could be decoded")
