@@ -186,7 +186,7 @@ class FaceTracker:
 
 # %% ../nbs/05_video.ipynb #46eaa7be
 def _paste(frame: np.ndarray, img: np.ndarray, x: int, y: int) -> np.ndarray:
-    "Box (x0, y0, x1, y1) of `img` pasted at (x, y) into `frame` in place, clipped at the borders."
+    "Paste `img` at (x, y) into `frame` in place, clipped at the borders; returns the pasted box (x0, y0, x1, y1)."
     H, W = frame.shape[:2]; h, w = img.shape[:2]
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
     if x1 > x0 and y1 > y0: frame[y0:y1, x0:x1] = img[y0 - y:y1 - y, x0 - x:x1 - x]
