@@ -110,7 +110,7 @@ class VideoOptions:
     detect_every: int = 3        # run the detector on every N-th frame, track in between (chosen by measurement in the notebook)
     detect_side: int = 640       # detect on a copy whose longer side is at most this many px
     hold: int = 2                # a track missed by this many detection rounds in a row is dropped
-    grow: float = 0.03           # a track's box grows by this fraction per frame since its last detection ...
+    grow: float = 0.05           # a track's box grows by this fraction per frame since its last detection (0.03 let a panned face slip out of its box on one machine) ...
     max_grow: float = 0.6        # ... up to this much
     recall: bool = True          # mtcnn with lower thresholds (VIDEO_MTCNN): a false face blurs some background, a missed one shows a person
     min_score: float = 0.9       # detections below this count as uncertain
