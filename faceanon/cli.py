@@ -90,8 +90,9 @@ def _anonymize_args(p, method: bool = True):
     p.add_argument('--strength', type=float, default=None, metavar='S', help="distraction: intrinsic distraction strength in [0, 1] (default: the model's, 1)")
     p.add_argument('--eps', type=float, default=None, help="distraction: delegate distance, 0 = any delegate, larger = farther (default: the model's)")
     p.add_argument('--beta', type=float, default=None, help="distraction: share of the delegate's appearance in [0, 1] (default: the model's)")
+    p.add_argument('--carry', type=float, default=None, help='decoupled, videos: share of the previous frame\'s output kept in each frame, in [0, 1) (default: 0.7)')
 
-METHOD_OPTIONS = ('weights', 'password', 'target_id', 'strength', 'eps', 'beta')   # passed to the method's constructor when the user gives them
+METHOD_OPTIONS = ('weights', 'password', 'target_id', 'strength', 'eps', 'beta', 'carry')   # passed to the method's constructor when the user gives them
 
 def method_from_args(args, **extra):
     "Build the method named by `args.method` with the method options given; ValueError naming options it does not take."

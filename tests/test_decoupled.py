@@ -132,6 +132,12 @@ def test_clip_keeps_one_identity_and_the_temporal_module_steadies_it(eset):
     fct.test_eq(c1.shape, fb.images.shape); fct.test_close(c1[0], c0[0], eps=1e-4)      # frame 0 sees an empty previous output either way
     fct.test_eq(c1, m.clip(fb, seed=0))
     assert (c1[1:] - c0[1:]).abs().mean() > 0                                # later frames see the previous output
+    assert flicker(c1, boxes) < flicker(get_method('decoupled', carry=0.0).clip(fb, seed=0), boxes) < flicker(c0, boxes) * 1.05   # carrying the previous output steadies the clip
+    states, outs = [None], []
+    for t in range(len(fb)):                                                 # the video path: one frame at a time, the state carried by the caller
+        o, states = m.track_step(fb[t:t + 1], [0], states); outs.append(o)
+    fct.test_close(torch.cat(outs), c1, eps=1e-4)
+    with pytest.raises(ValueError, match='carry must be'): get_method('decoupled', carry=1.0)
     one = get_method('decoupled', harmonize=False).clip(fb, seed=0)
     fct.test_close(one, get_method('decoupled', harmonize=False, target_id=int(m.targets(1, torch.Generator().manual_seed(0))[0])).clip(fb, seed=5), eps=1e-4)   # one identity per clip
 
@@ -156,6 +162,11 @@ def test_cli_anonymize_and_train_refuse_bad_options(tmp_path):
     fct.test_eq(r.returncode, 0); assert (tmp_path / 'out' / 'a.png').exists(), r.stderr
     out = np.asarray(Image.open(tmp_path / 'out' / 'a.png'))
     assert (out != astronaut()).any()
+    for method, msg in (('decoupled', 'carry must be in'), ('blur9', 'takes none of --carry')):
+        r = subprocess.run([sys.executable, '-m', 'faceanon.cli', 'anonymize', str(tmp_path / 'a.png'), '-o', str(tmp_path / 'bad'), '--method', method,
+                            '--carry', '1.5', '--no-progress'], capture_output=True, text=True, cwd=ROOT)
+        fct.test_eq(r.returncode, 2); assert msg in r.stderr, r.stderr
+    assert not (tmp_path / 'bad').exists() or not any((tmp_path / 'bad').iterdir())
     r = subprocess.run([sys.executable, '-m', 'faceanon.cli', 'train', 'decoupled', '-o', str(tmp_path / 'run'), '--stages', 'harm,anon'], capture_output=True, text=True, cwd=ROOT)
     fct.test_eq(r.returncode, 2); assert 'run in the order' in r.stderr
 

@@ -296,13 +296,15 @@ def model_frame(batch: FaceBatch, s: int, realign: bool = True) -> tuple:
 
 @torch.no_grad()
 def decoupled_forward(A: CiaganGenerator, H: HarmonizationNet | None, x: torch.Tensor, parts: torch.Tensor, target: torch.Tensor,
-                      prev: torch.Tensor | None = None, grow: int = 2) -> dict:
-    "Model-frame crops x (B, 3, s, s) with face parts: {'anon': A's composite, 'out': H's blend (or A's without H), 'mask': the region shown changed}."
+                      prev: torch.Tensor | None = None, grow: int = 2, carry: float = 0.0) -> dict:
+    "Model-frame crops x (B, 3, s, s) with face parts: {'anon': A's composite, 'out': H's blend (or A's without H), 'mask': the region shown changed}; `carry` of `prev` is kept inside it."
     m = face_region(parts, grow)
     a = composite(A(generator_input(x, parsing_image(parts), m), target).clamp(-1, 1), x, m)
     if H is None: return dict(anon=a, out=a, mask=m)
     band = F.max_pool2d(m, 2 * H.cfg.band + 1, 1, H.cfg.band)
-    return dict(anon=a, out=blend(H, a, m, prev), mask=band)
+    out = blend(H, a, m, prev)
+    if prev is not None: out = torch.lerp(out, prev, carry * band)     # [D] exponential smoothing of what is shown, in the model frame
+    return dict(anon=a, out=out, mask=band)
 
 @register_method('decoupled')
 class DecoupledMethod(AnonMethod):
@@ -312,6 +314,7 @@ class DecoupledMethod(AnonMethod):
                  seed: int | None = None,            # seed used when a call passes none
                  harmonize: bool = True,             # False: A's output only (the ablation without HarmonizationNet)
                  temporal: bool = True,              # False: clips frame by frame with an empty previous output (no temporal module)
+                 carry: float = 0.7,                 # video: share of the previous frame's output kept in each frame's face, in [0, 1) ([D]: 0 = §6's module alone)
                  realign: bool = True,               # warp crops to SynthFaces' framing and back
                  device='cpu'):
         path = Path(weights) if weights is not None else default_weights()
@@ -319,6 +322,8 @@ class DecoupledMethod(AnonMethod):
         self.A, self.H, self.info = load_decoupled(path, device)
         self.cfg, self.crop_size = self.H.cfg, self.H.cfg.size
         self.target_id, self.seed, self.harmonize, self.temporal, self.realign = target_id, seed, harmonize, temporal, realign
+        if not 0 <= carry < 1: raise ValueError(f"carry must be in [0, 1), got {carry}")
+        self.carry = carry if temporal else 0.0
         n = self.A.cfg.n_ids
         if target_id is not None and not 0 <= target_id < n: raise ValueError(f"target_id must be in [0, {n}), got {target_id}")
 
@@ -327,7 +332,7 @@ class DecoupledMethod(AnonMethod):
         if self.target_id is not None: return torch.full((n,), self.target_id, dtype=torch.long)
         return torch.randint(self.A.cfg.n_ids, (n,), generator=generator, device=generator.device).cpu()
 
-    def _run(self, batch: FaceBatch, target: torch.Tensor, sequence: bool, prev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, batch: FaceBatch, target: torch.Tensor, sequence: bool, prev: torch.Tensor | None = None, carry=0.0) -> tuple[torch.Tensor, torch.Tensor]:
         "-> (crops in the batch's frame, outputs in the model frame: what the next video frame gets as previous)."
         dev = next(self.A.parameters()).device
         b = batch.to(dev)
@@ -336,10 +341,10 @@ class DecoupledMethod(AnonMethod):
         if sequence and H is not None and self.temporal:        # §6: each frame's H sees the previous frame's output (empty at frame 0)
             outs, prev = [], None
             for t in range(len(x)):
-                r = decoupled_forward(A=self.A, H=H, x=x[t:t + 1], parts=parts[t:t + 1], target=T[t:t + 1], prev=prev, grow=self.cfg.grow)
+                r = decoupled_forward(A=self.A, H=H, x=x[t:t + 1], parts=parts[t:t + 1], target=T[t:t + 1], prev=prev, grow=self.cfg.grow, carry=self.carry)
                 outs.append(r); prev = r['out']
             r = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
-        else: r = decoupled_forward(self.A, H, x, parts, T, prev=prev, grow=self.cfg.grow)
+        else: r = decoupled_forward(self.A, H, x, parts, T, prev=prev, grow=self.cfg.grow, carry=carry)
         model_out = r['out']
         out, m = r['out'], r['mask']
         if M is not None:
@@ -368,7 +373,8 @@ class DecoupledMethod(AnonMethod):
         T = torch.cat([self.targets(1, torch.Generator().manual_seed(s)) for s in seeds])
         carry, s = self.harmonize and self.temporal, self.cfg.size
         prev = torch.cat([torch.zeros(1, 3, s, s) if p is None else p for p in states]).to(next(self.A.parameters()).device) if carry else None
-        out, model_out = self._run(batch, T, sequence=False, prev=prev)
+        kept = torch.tensor([0.0 if p is None else self.carry for p in states]).view(-1, 1, 1, 1).to(prev) if carry else 0.0   # nothing carried into a track's first frame
+        out, model_out = self._run(batch, T, sequence=False, prev=prev, carry=kept)
         return torch.lerp(batch.images, out.clamp(-1, 1), batch.masks), [model_out[i:i + 1] if carry else None for i in range(len(batch))]
 
 # %% ../../nbs/23a_methods.decoupled.ipynb #4a654542
