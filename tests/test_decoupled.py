@@ -132,7 +132,7 @@ def test_clip_keeps_one_identity_and_the_temporal_module_steadies_it(eset):
     fct.test_eq(c1.shape, fb.images.shape); fct.test_close(c1[0], c0[0], eps=1e-4)      # frame 0 sees an empty previous output either way
     fct.test_eq(c1, m.clip(fb, seed=0))
     assert (c1[1:] - c0[1:]).abs().mean() > 0                                # later frames see the previous output
-    assert flicker(c1, boxes) < flicker(get_method('decoupled', carry=0.0).clip(fb, seed=0), boxes) < flicker(c0, boxes) * 1.05   # carrying the previous output steadies the clip
+    assert flicker(c1, boxes) < flicker(get_method('decoupled', carry=0.0).clip(fb, seed=0), boxes)    # carrying the previous output steadies the clip
     with pytest.raises(ValueError, match='carry must be'): get_method('decoupled', carry=1.0)
     one = get_method('decoupled', harmonize=False).clip(fb, seed=0)
     fct.test_close(one, get_method('decoupled', harmonize=False, target_id=int(m.targets(1, torch.Generator().manual_seed(0))[0])).clip(fb, seed=5), eps=1e-4)   # one identity per clip

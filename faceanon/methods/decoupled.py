@@ -371,11 +371,11 @@ class DecoupledMethod(AnonMethod):
         "One video frame of several tracks: each track's identity drawn from its seed as `clip` draws it; H sees each track's previous output (empty at its first frame)."
         if not len(seeds) == len(states) == len(batch): raise ValueError(f"need one seed and one state per face: {len(batch)} faces, {len(seeds)} seeds, {len(states)} states")
         T = torch.cat([self.targets(1, torch.Generator().manual_seed(s)) for s in seeds])
-        carry, s = self.harmonize and self.temporal, self.cfg.size
-        prev = torch.cat([torch.zeros(1, 3, s, s) if p is None else p for p in states]).to(next(self.A.parameters()).device) if carry else None
-        kept = torch.tensor([0.0 if p is None else self.carry for p in states]).view(-1, 1, 1, 1).to(prev) if carry else 0.0   # nothing carried into a track's first frame
+        stateful, s = self.harmonize and self.temporal, self.cfg.size
+        prev = torch.cat([torch.zeros(1, 3, s, s) if p is None else p for p in states]).to(next(self.A.parameters()).device) if stateful else None
+        kept = torch.tensor([0.0 if p is None else self.carry for p in states]).view(-1, 1, 1, 1).to(prev) if stateful else 0.0   # nothing carried into a track's first frame
         out, model_out = self._run(batch, T, sequence=False, prev=prev, carry=kept)
-        return torch.lerp(batch.images, out.clamp(-1, 1), batch.masks), [model_out[i:i + 1] if carry else None for i in range(len(batch))]
+        return torch.lerp(batch.images, out.clamp(-1, 1), batch.masks), [model_out[i:i + 1] if stateful else None for i in range(len(batch))]
 
 # %% ../../nbs/23a_methods.decoupled.ipynb #4a654542
 def bench_decoupled(quick: bool = False, sizes=(64, 128), batches=(1, 16), repeats: int = 3, precisions=None) -> list[dict]:
