@@ -959,6 +959,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                          'faceanon/methods/decoupled_nets.py'),
                                                  'faceanon.methods.decoupled_nets.parsing_image': ( 'nbs/methods.decoupled_nets.html#parsing_image',
                                                                                                     'faceanon/methods/decoupled_nets.py'),
+                                                 'faceanon.methods.decoupled_nets.part_lines': ( 'nbs/methods.decoupled_nets.html#part_lines',
+                                                                                                 'faceanon/methods/decoupled_nets.py'),
                                                  'faceanon.methods.decoupled_nets.proxy_input': ( 'nbs/methods.decoupled_nets.html#proxy_input',
                                                                                                   'faceanon/methods/decoupled_nets.py'),
                                                  'faceanon.methods.decoupled_nets.sample_degradation': ( 'nbs/methods.decoupled_nets.html#sample_degradation',

@@ -43,7 +43,9 @@ def test_anonymization_net_is_ciagan_table2_on_a_parsing_map(faces):
     it = pairs[3]
     region = N.face_region(face_parts(faces['parsing'][3:4]), cfg.grow)[0]
     fct.test_eq(it['mask'], region.flip(-1) if pairs.pair(3)[3] else region)
-    assert it['lmk'][:, it['mask'][0] == 0].eq(-1).all()                     # the parsing image is background (black) outside the face parts
+    assert it['lmk'][:, it['mask'][0] == 0].eq(1).all()                      # the parsing image is white paper outside the face parts
+    ink = it['lmk'][0] < 0                                                    # CIAGAN's blue lines: the parts' outlines
+    fct.test_eq(ink.float(), N.part_lines(faces['parsing'][3:4])[0, 0].flip(-1) if pairs.pair(3)[3] else N.part_lines(faces['parsing'][3:4])[0, 0])
     with pytest.raises(ValueError, match='identities in the data'): D.ParsingPairs(faces['image'], faces['parsing'], torch.arange(8), replace(cfg, n_ids=4))
 
 
@@ -106,6 +108,11 @@ def test_stages_train_resume_and_write_one_model_file(tmp_path):
     assert h[-1]['H/l1'] < h[0]['H/l1'], h                                   # the proxy task is learned
     b = D.train_decoupled(tmp_path, stages=['temporal'], temporal_steps=5, cfg=TINY, progress=False, resume=True, ckpt_every=1000)
     fct.test_eq(D.load_decoupled(b)[2]['steps'], 5)                          # resumed from step 3, the earlier stages' files reused
+    c = D.train_decoupled(tmp_path / 'a_only', stages=['anon'], steps=2, bs=4, init=None, cfg=TINY, h_from=b, progress=False, ckpt_every=1000)
+    A2, H2, info2 = D.load_decoupled(c)                                        # A retrained alone, H taken from the file
+    Hb = D.load_decoupled(b)[1].state_dict(); assert all(torch.equal(v, Hb[k]) for k, v in H2.state_dict().items())
+    fct.test_eq((info2['a_steps'], info2['steps'], info2['h_from']), (2, 5, b.name))
+    with pytest.raises(ValueError, match='replaces'): D.train_decoupled(tmp_path / 'x', stages=['anon', 'harm'], cfg=TINY, h_from=b)
     with pytest.raises(FileNotFoundError, match='anon.safetensors is missing'): D.train_decoupled(tmp_path / 'empty', stages=['harm'], cfg=TINY)
     with pytest.raises(ValueError, match='not a decoupled'): D.load_decoupled(tmp_path / 'anon.safetensors')
 

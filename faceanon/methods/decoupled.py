@@ -405,9 +405,10 @@ def add_train_args(p):
     p.add_argument('--init', default='ciagan', choices=['ciagan', 'scratch'], help="A's starting weights: the committed CIAGAN generator, or random")
     p.add_argument('--harm-steps', type=int, default=1500, help='HarmonizationNet proxy-task batches (default: 1500)')
     p.add_argument('--temporal-steps', type=int, default=400, help='temporal fine-tune batches (default: 400)')
+    p.add_argument('--h-from', metavar='FILE', help="take H (with its temporal encoder) from this decoupled model file instead of training it; use with --stages anon")
     p.add_argument('--no-real', action='store_true', help='train H on SynthFaces only (default: also every real face available offline)')
     p.add_argument('--h-precision', default='fp32', choices=['fp32', 'bf16', 'fp16', 'auto'], help="H's autocast precision (default: fp32; --precision is A's)")
-    add_run_args(p, bs=8, ckpt_every=100, precision='auto', steps=1000)     # --steps, --bs, --precision: A's (CIAGAN's recipe: batch 8, bf16 where native)
+    add_run_args(p, bs=8, ckpt_every=100, precision='auto', steps=1500)     # --steps, --bs, --precision: A's (CIAGAN's recipe: batch 8, bf16 where native)
 
 def _stage_list(text: str) -> list[str]:
     st = [s.strip() for s in text.split(',') if s.strip()]
@@ -416,14 +417,25 @@ def _stage_list(text: str) -> list[str]:
     if [s for s in STAGES if s in st] != st: raise ValueError(f"stages run in the order {', '.join(STAGES)}, got {text!r}")
     return st
 
-def train_decoupled(out, stages=STAGES, steps: int = 1000, harm_steps: int = 1500, temporal_steps: int = 400, bs: int = 8, init: str | None = 'ciagan',
-                    real: bool = True, cfg: DecoupledConfig | None = None, precision: str = 'auto', h_precision: str = 'fp32', **kw) -> Path:
+def train_decoupled(out, stages=STAGES, steps: int = 1500, harm_steps: int = 1500, temporal_steps: int = 400, bs: int = 8, init: str | None = 'ciagan',
+                    real: bool = True, cfg: DecoupledConfig | None = None, precision: str = 'auto', h_precision: str = 'fp32',
+                    h_from=None,       # a decoupled model file whose H (with its temporal encoder) is used instead of training one
+                    **kw) -> Path:
     "Run the declared stages into out/ and write out/decoupled.safetensors (A + H, the temporal H when that stage ran)."
     out, cfg = Path(out), cfg or DecoupledConfig()
+    if h_from is not None and ('harm' in stages or 'temporal' in stages): raise ValueError("h_from (--h-from) replaces the 'harm' and 'temporal' stages: run only 'anon' with it")
+    if h_from is not None and not Path(h_from).exists(): raise FileNotFoundError(f"{h_from}: no such decoupled model file")
     out.mkdir(parents=True, exist_ok=True)
     if 'anon' in stages: train_anonymization(cfg, out, steps, bs, init, precision=precision, **kw)
     if not (out / 'anon.safetensors').exists(): raise FileNotFoundError(f"{out / 'anon.safetensors'} is missing: run the 'anon' stage first")
-    A, _ = load_generator(out / 'anon.safetensors')
+    A, a_info = load_generator(out / 'anon.safetensors')
+    a_rec = dict(a_steps=a_info.get('steps'), a_history=a_info.get('history', []), init=init or 'scratch', command='faceanon train decoupled')
+    if h_from is not None:                     # A retrained alone: H never sees A's faces in training, so another run's H fits it as well
+        _, H, info = load_decoupled(h_from)
+        hist = info.get('history', {})
+        h_rec = {k: v for k, v in info.items() if k in ('stage', 'steps', 'harm_steps')}   # H's record only; A's is this run's
+        h_rec['history'] = {k: v for k, v in hist.items() if k != 'anon'} if isinstance(hist, dict) else {}
+        return save_decoupled(A, H, out / 'decoupled.safetensors', dict(h_rec, **a_rec, h_from=Path(h_from).name))
     hfile = out / 'harm.safetensors'
     if 'harm' in stages:
         learn = train_harmonization(cfg, out, harm_steps, 16, real_face_crops(cfg.size) if real else None, precision=h_precision, **kw)
@@ -433,14 +445,14 @@ def train_decoupled(out, stages=STAGES, steps: int = 1000, harm_steps: int = 150
     if 'temporal' in stages:
         learn = train_temporal(cfg, H, out, temporal_steps, 16, precision=h_precision, **kw)
         H, info = learn.H, dict(stage='temporal', steps=learn.global_step, harm_steps=info.get('steps'))
-    return save_decoupled(A, H, out / 'decoupled.safetensors', dict(info, init=init or 'scratch', command='faceanon train decoupled'))
+    return save_decoupled(A, H, out / 'decoupled.safetensors', dict(info, **a_rec))
 
 def train_main(args) -> int:
     "Run `faceanon train decoupled`; 0 on success, 2 on a usage error."
     try:
         path = train_decoupled(args.out, _stage_list(args.stages), args.steps, args.harm_steps, args.temporal_steps, args.bs,
                                None if args.init == 'scratch' else args.init, not args.no_real, resume=args.resume, seed=args.seed, device=args.device,
-                               precision=args.precision, h_precision=args.h_precision, progress=not args.no_progress, ckpt_every=args.ckpt_every)
+                               precision=args.precision, h_precision=args.h_precision, h_from=args.h_from, progress=not args.no_progress, ckpt_every=args.ckpt_every)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"faceanon train decoupled: error: {e}", file=sys.stderr); return 2
     print(f"faceanon train decoupled: model -> {path}", file=sys.stderr)

@@ -11,13 +11,13 @@ from torch import nn
 import torch.nn.functional as F
 from ..layers import ciagan_block, conv2d
 from ..identity import SiameseNet, SiameseConfig
-from .ciagan import CiaganConfig, composite
-from .distraction import face_parts, geometry_map
+from .ciagan import CiaganConfig, composite, ink_to_rgb
+from .distraction import face_parts
 
 # %% auto #0
-__all__ = ['DecoupledConfig', 'parsing_image', 'face_region', 'feather', 'sample_degradation', 'jitter_degradation', 'hue_rotate',
-           'degrade', 'proxy_input', 'colour_transform', 'HarmonizationNet', 'blend', 'harmonization_critic',
-           'edge_map', 'fig4_inputs', 'hue_gap']
+__all__ = ['DecoupledConfig', 'part_lines', 'parsing_image', 'face_region', 'feather', 'sample_degradation', 'jitter_degradation',
+           'hue_rotate', 'degrade', 'proxy_input', 'colour_transform', 'HarmonizationNet', 'blend',
+           'harmonization_critic', 'edge_map', 'fig4_inputs', 'hue_gap']
 
 # %% ../../nbs/23_methods.decoupled_nets.ipynb #67a358e5
 @dataclass
@@ -34,7 +34,8 @@ class DecoupledConfig:
     h_smooth: int = 3               # H's colour transform is averaged over (2 h_smooth + 1)^2 px: it recolours, it cannot blur or paint texture
     temporal: bool = False          # H has the second encoder (previous output) of §6
     h_d_ch: int = 16                # H's and the temporal critic's width
-    lr: float = 2e-4                # Adam, every net (paper: 1e-5 for 60 epochs on a GPU)
+    lr: float = 2e-4                # Adam, H and its critics (paper: 1e-5 for 60 epochs on a GPU)
+    a_lr: float = 1e-4              # Adam, A and its critic and siamese net: a fine-tune of the committed CIAGAN model (paper: 1e-5)
     betas: tuple = (0.5, 0.9)       # paper: (0.5, 0.9)
     w_l1: float = 10.0              # H: L1 to the undegraded image
     w_adv: float = 1.0              # H: LSGAN term
@@ -49,12 +50,19 @@ class DecoupledConfig:
 
     def anon_config(self, **kw) -> CiaganConfig:
         "A's CIAGAN config: the committed CIAGAN model's shape, so A can start from it."
-        return CiaganConfig(**dict(dict(size=self.size, n_ids=self.n_ids, ch=self.a_ch, d_ch=self.a_d_ch, lr=self.lr, every_s=2, w_rec=10.0), **kw))
+        return CiaganConfig(**dict(dict(size=self.size, n_ids=self.n_ids, ch=self.a_ch, d_ch=self.a_d_ch, lr=self.a_lr, every_s=2, w_rec=10.0), **kw))
 
 # %% ../../nbs/23_methods.decoupled_nets.ipynb #227fd586
+def part_lines(parts: torch.Tensor) -> torch.Tensor:
+    "Face-part labels (B, S, S) -> (B, 1, S, S) {0, 1}: each part's one-pixel outline, on the part's side (a pixel with a 4-neighbour of lower label)."
+    lab = face_parts(parts).float()[:, None]
+    p, S = F.pad(lab, (1, 1, 1, 1), mode='replicate'), lab.shape[-1]
+    nbrs = torch.stack([p[..., 1:-1, :-2], p[..., 1:-1, 2:], p[..., :-2, 1:-1], p[..., 2:, 1:-1]])
+    return (nbrs < lab).any(0).float()
+
 def parsing_image(parts: torch.Tensor) -> torch.Tensor:
-    "Face-part labels (B, S, S) -> A's 3-channel input (B, 3, S, S) in [-1, 1]: SynthFaces' palette on the face parts, 0 elsewhere."
-    return geometry_map(parts)
+    "Face-part labels (B, S, S) -> A's 3-channel input (B, 3, S, S) in [-1, 1]: the parts' outlines drawn as CIAGAN's landmark image (blue on white)."
+    return ink_to_rgb(part_lines(parts))
 
 def face_region(parts: torch.Tensor, grow: int | torch.Tensor = 0) -> torch.Tensor:
     "Face-part labels (B, S, S) -> (B, 1, S, S) {0, 1} region, dilated by `grow` px (an int, or (B,) per face)."
