@@ -43,7 +43,7 @@ def test_anonymization_net_is_ciagan_table2_on_a_parsing_map(faces):
     it = pairs[3]
     region = N.face_region(face_parts(faces['parsing'][3:4]), cfg.grow)[0]
     fct.test_eq(it['mask'], region.flip(-1) if pairs.pair(3)[3] else region)
-    assert it['lmk'][:, it['mask'][0] == 0].eq(1).all()                      # the parsing image is white paper outside the face parts
+    assert it['lmk'][:, it['mask'][0] == 0].eq(1).all()                      # white paper outside the region A repaints
     ink = it['lmk'][0] < 0                                                    # CIAGAN's blue lines: the parts' outlines
     fct.test_eq(ink.float(), N.part_lines(faces['parsing'][3:4])[0, 0].flip(-1) if pairs.pair(3)[3] else N.part_lines(faces['parsing'][3:4])[0, 0])
     with pytest.raises(ValueError, match='identities in the data'): D.ParsingPairs(faces['image'], faces['parsing'], torch.arange(8), replace(cfg, n_ids=4))
@@ -110,9 +110,14 @@ def test_stages_train_resume_and_write_one_model_file(tmp_path):
     fct.test_eq(D.load_decoupled(b)[2]['steps'], 5)                          # resumed from step 3, the earlier stages' files reused
     c = D.train_decoupled(tmp_path / 'a_only', stages=['anon'], steps=2, bs=4, init=None, cfg=TINY, h_from=b, progress=False, ckpt_every=1000)
     A2, H2, info2 = D.load_decoupled(c)                                        # A retrained alone, H taken from the file
-    Hb = D.load_decoupled(b)[1].state_dict(); assert all(torch.equal(v, Hb[k]) for k, v in H2.state_dict().items())
-    fct.test_eq((info2['a_steps'], info2['steps'], info2['h_from']), (2, 5, b.name))
+    Hb, A2f = D.load_decoupled(b)[1].state_dict(), load_generator(tmp_path / 'a_only' / 'anon.safetensors')[0].state_dict()
+    fct.test_eq(set(H2.state_dict()), set(Hb)); assert hasattr(H2, 'enc_prev') and all(torch.equal(v, Hb[k]) for k, v in H2.state_dict().items())
+    assert all(torch.allclose(v, A2f[k], atol=1e-3) for k, v in A2.state_dict().items())             # A is this run's (float16 in the file)
+    fct.test_eq((info2['a_steps'], info2['steps'], info2['stages']), (2, 5, ['anon'])); assert info2['h_from'].startswith(b.name + ' (sha256 ')
     with pytest.raises(ValueError, match='replaces'): D.train_decoupled(tmp_path / 'x', stages=['anon', 'harm'], cfg=TINY, h_from=b)
+    with pytest.raises(FileNotFoundError, match='no such decoupled model'): D.train_decoupled(tmp_path / 'x', stages=['anon'], cfg=TINY, h_from=tmp_path / 'nope.safetensors')
+    with pytest.raises(ValueError, match='H works at 32 px'): D.train_decoupled(tmp_path / 'x', stages=['anon'], cfg=replace(TINY, size=64), h_from=b)
+    assert not (tmp_path / 'x').exists()                                       # refused before anything is trained or written
     with pytest.raises(FileNotFoundError, match='anon.safetensors is missing'): D.train_decoupled(tmp_path / 'empty', stages=['harm'], cfg=TINY)
     with pytest.raises(ValueError, match='not a decoupled'): D.load_decoupled(tmp_path / 'anon.safetensors')
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..core import set_seed, impl_rows, bench_precisions
 from ..align import warp_crops, invert_affines
 from ..losses import gan_losses, recon_loss
+from ..measures import _sha256_prefix
 from ..learner import Learner, Phase, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, save_checkpoint, load_checkpoint, add_run_args
 from .base import AnonMethod, FaceBatch, register_method, landmarks68_to_5
 from .ciagan import (CiaganGenerator, CiaganConfig, CiaganPairs, ciagan_learner, generator_input, composite, similarity_to_template,
@@ -53,7 +54,7 @@ class ParsingPairs(CiaganPairs):
                     target=torch.tensor(t), target_image=img(j), same=torch.tensor(t == int(self.ids[i])))
 
 def anonymization_net(cfg: DecoupledConfig, init: str | None = 'ciagan') -> CiaganGenerator:
-    "A: CIAGAN's generator on (parsing image, masked face); init 'ciagan' starts from the committed CIAGAN weights."
+    "A: CIAGAN's generator on (the parts' outlines, masked face); init 'ciagan' starts from the committed CIAGAN weights."
     G = CiaganGenerator(cfg.anon_config())
     if init == 'ciagan':
         src, _ = load_generator(ciagan_weights())
@@ -423,19 +424,22 @@ def train_decoupled(out, stages=STAGES, steps: int = 1500, harm_steps: int = 150
                     **kw) -> Path:
     "Run the declared stages into out/ and write out/decoupled.safetensors (A + H, the temporal H when that stage ran)."
     out, cfg = Path(out), cfg or DecoupledConfig()
-    if h_from is not None and ('harm' in stages or 'temporal' in stages): raise ValueError("h_from (--h-from) replaces the 'harm' and 'temporal' stages: run only 'anon' with it")
-    if h_from is not None and not Path(h_from).exists(): raise FileNotFoundError(f"{h_from}: no such decoupled model file")
+    if h_from is not None:                     # read and check H before A trains for minutes
+        if 'harm' in stages or 'temporal' in stages: raise ValueError("h_from (--h-from) replaces the 'harm' and 'temporal' stages: run only 'anon' with it")
+        if not Path(h_from).exists(): raise FileNotFoundError(f"{h_from}: no such decoupled model file")
+        _, H, info = load_decoupled(h_from)
+        if H.cfg.size != cfg.size: raise ValueError(f"{h_from}: H works at {H.cfg.size} px, this run's A at {cfg.size} px")
     out.mkdir(parents=True, exist_ok=True)
     if 'anon' in stages: train_anonymization(cfg, out, steps, bs, init, precision=precision, **kw)
     if not (out / 'anon.safetensors').exists(): raise FileNotFoundError(f"{out / 'anon.safetensors'} is missing: run the 'anon' stage first")
     A, a_info = load_generator(out / 'anon.safetensors')
-    a_rec = dict(a_steps=a_info.get('steps'), a_history=a_info.get('history', []), init=init or 'scratch', command='faceanon train decoupled')
+    a_rec = dict(a_steps=a_info.get('steps'), a_history=a_info.get('history', []), init=a_info.get('init', init or 'scratch'), stages=list(stages),
+                 command='faceanon train decoupled')
     if h_from is not None:                     # A retrained alone: H never sees A's faces in training, so another run's H fits it as well
-        _, H, info = load_decoupled(h_from)
         hist = info.get('history', {})
         h_rec = {k: v for k, v in info.items() if k in ('stage', 'steps', 'harm_steps')}   # H's record only; A's is this run's
         h_rec['history'] = {k: v for k, v in hist.items() if k != 'anon'} if isinstance(hist, dict) else {}
-        return save_decoupled(A, H, out / 'decoupled.safetensors', dict(h_rec, **a_rec, h_from=Path(h_from).name))
+        return save_decoupled(A, H, out / 'decoupled.safetensors', dict(h_rec, **a_rec, h_from=f'{Path(h_from).name} (sha256 {_sha256_prefix(Path(h_from), 12)})'))
     hfile = out / 'harm.safetensors'
     if 'harm' in stages:
         learn = train_harmonization(cfg, out, harm_steps, 16, real_face_crops(cfg.size) if real else None, precision=h_precision, **kw)

@@ -54,7 +54,7 @@ class DecoupledConfig:
 
 # %% ../../nbs/23_methods.decoupled_nets.ipynb #227fd586
 def part_lines(parts: torch.Tensor) -> torch.Tensor:
-    "Face-part labels (B, S, S) -> (B, 1, S, S) {0, 1}: each part's one-pixel outline, on the part's side (a pixel with a 4-neighbour of lower label)."
+    "Face-part labels (B, S, S) -> (B, 1, S, S) {0, 1}: the parts' one-pixel outlines, each border on the side of the higher label (a pixel with a 4-neighbour of lower label)."
     lab = face_parts(parts).float()[:, None]
     p = F.pad(lab, (1, 1, 1, 1), mode='replicate')
     nbrs = torch.stack([p[..., 1:-1, :-2], p[..., 1:-1, 2:], p[..., :-2, 1:-1], p[..., 2:, 1:-1]])
