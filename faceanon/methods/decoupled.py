@@ -436,9 +436,8 @@ def train_decoupled(out, stages=STAGES, steps: int = 1500, harm_steps: int = 150
     a_rec = dict(a_steps=a_info.get('steps'), a_history=a_info.get('history', []), init=a_info.get('init', init or 'scratch'), stages=list(stages),
                  command='faceanon train decoupled')
     if h_from is not None:                     # A retrained alone: H never sees A's faces in training, so another run's H fits it as well
-        hist = info.get('history', {})
         h_rec = {k: v for k, v in info.items() if k in ('stage', 'steps', 'harm_steps')}   # H's record only; A's is this run's
-        h_rec['history'] = {k: v for k, v in hist.items() if k != 'anon'} if isinstance(hist, dict) else {}
+        h_rec['history'] = {k: v for k, v in info.get('history', {}).items() if k != 'anon'}
         return save_decoupled(A, H, out / 'decoupled.safetensors', dict(h_rec, **a_rec, h_from=f'{Path(h_from).name} (sha256 {_sha256_prefix(Path(h_from), 12)})'))
     hfile = out / 'harm.safetensors'
     if 'harm' in stages:
