@@ -409,7 +409,7 @@ def add_train_args(p):
     p.add_argument('--h-from', metavar='FILE', help="take H (with its temporal encoder) from this decoupled model file instead of training it; use with --stages anon")
     p.add_argument('--no-real', action='store_true', help='train H on SynthFaces only (default: also every real face available offline)')
     p.add_argument('--h-precision', default='fp32', choices=['fp32', 'bf16', 'fp16', 'auto'], help="H's autocast precision (default: fp32; --precision is A's)")
-    add_run_args(p, bs=8, ckpt_every=100, precision='auto', steps=1500)     # --steps, --bs, --precision: A's (CIAGAN's recipe: batch 8, bf16 where native)
+    add_run_args(p, bs=8, ckpt_every=100, precision='auto', steps=4500)     # --steps, --bs, --precision: A's (CIAGAN's recipe: batch 8, bf16 where native)
 
 def _stage_list(text: str) -> list[str]:
     st = [s.strip() for s in text.split(',') if s.strip()]
@@ -418,7 +418,7 @@ def _stage_list(text: str) -> list[str]:
     if [s for s in STAGES if s in st] != st: raise ValueError(f"stages run in the order {', '.join(STAGES)}, got {text!r}")
     return st
 
-def train_decoupled(out, stages=STAGES, steps: int = 1500, harm_steps: int = 1500, temporal_steps: int = 400, bs: int = 8, init: str | None = 'ciagan',
+def train_decoupled(out, stages=STAGES, steps: int = 4500, harm_steps: int = 1500, temporal_steps: int = 400, bs: int = 8, init: str | None = 'ciagan',
                     real: bool = True, cfg: DecoupledConfig | None = None, precision: str = 'auto', h_precision: str = 'fp32',
                     h_from=None,       # a decoupled model file whose H (with its temporal encoder) is used instead of training one
                     **kw) -> Path:
