@@ -25,12 +25,12 @@ from .decoupled_nets import (DecoupledConfig, parsing_image, face_region, sample
                              HarmonizationNet, blend, harmonization_critic)
 
 # %% auto #0
-__all__ = ['STAGES', 'ParsingPairs', 'anonymization_net', 'ProxyFaces', 'ClipPairs', 'synth_parsing_data', 'synth_clip_data',
-           'real_face_crops', 'harmonization_pass', 'harmonization_loss', 'harmonization_critic_loss', 'temporal_pass',
-           'temporal_loss', 'temporal_critic_loss', 'harmonization_phases', 'train_anonymization',
-           'train_harmonization', 'train_temporal', 'save_decoupled', 'load_decoupled', 'default_weights',
-           'model_frame', 'decoupled_forward', 'DecoupledMethod', 'bench_decoupled', 'add_train_args',
-           'train_decoupled', 'train_main']
+__all__ = ['STAGES', 'STEPS', 'ParsingPairs', 'anonymization_net', 'ProxyFaces', 'ClipPairs', 'synth_parsing_data',
+           'synth_clip_data', 'real_face_crops', 'harmonization_pass', 'harmonization_loss',
+           'harmonization_critic_loss', 'temporal_pass', 'temporal_loss', 'temporal_critic_loss',
+           'harmonization_phases', 'train_anonymization', 'train_harmonization', 'train_temporal', 'save_decoupled',
+           'load_decoupled', 'default_weights', 'model_frame', 'decoupled_forward', 'DecoupledMethod',
+           'bench_decoupled', 'add_train_args', 'train_decoupled', 'train_main']
 
 # %% ../../nbs/23a_methods.decoupled.ipynb #27f5bb3c
 class ParsingPairs(CiaganPairs):
@@ -399,17 +399,19 @@ def bench_decoupled(quick: bool = False, sizes=(64, 128), batches=(1, 16), repea
     return rows
 
 # %% ../../nbs/23a_methods.decoupled.ipynb #694ca0aa
+STEPS = dict(anon=4500, harm=1500, temporal=400)   # each stage's batches in the committed model's recipe: the defaults of the CLI and of train_decoupled
+
 def add_train_args(p):
     "Declare `faceanon train decoupled` options on an argparse parser."
     p.add_argument('-o', '--out', required=True, help='run directory: anon/, harm/, temporal/ (each resumable), anon.safetensors, decoupled.safetensors')
     p.add_argument('--stages', default=','.join(STAGES), help=f"stages to run, in order (default: {','.join(STAGES)}); a finished stage's file is reused")
     p.add_argument('--init', default='ciagan', choices=['ciagan', 'scratch'], help="A's starting weights: the committed CIAGAN generator, or random")
-    p.add_argument('--harm-steps', type=int, default=1500, help='HarmonizationNet proxy-task batches (default: 1500)')
-    p.add_argument('--temporal-steps', type=int, default=400, help='temporal fine-tune batches (default: 400)')
+    p.add_argument('--harm-steps', type=int, default=STEPS['harm'], help=f"HarmonizationNet proxy-task batches (default: {STEPS['harm']})")
+    p.add_argument('--temporal-steps', type=int, default=STEPS['temporal'], help=f"temporal fine-tune batches (default: {STEPS['temporal']})")
     p.add_argument('--h-from', metavar='FILE', help="take H (with its temporal encoder) from this decoupled model file instead of training it; use with --stages anon")
     p.add_argument('--no-real', action='store_true', help='train H on SynthFaces only (default: also every real face available offline)')
     p.add_argument('--h-precision', default='fp32', choices=['fp32', 'bf16', 'fp16', 'auto'], help="H's autocast precision (default: fp32; --precision is A's)")
-    add_run_args(p, bs=8, ckpt_every=100, precision='auto', steps=4500)     # --steps, --bs, --precision: A's (CIAGAN's recipe: batch 8, bf16 where native)
+    add_run_args(p, bs=8, ckpt_every=100, precision='auto', steps=STEPS['anon'])     # --steps, --bs, --precision: A's (CIAGAN's recipe: batch 8, bf16 where native)
 
 def _stage_list(text: str) -> list[str]:
     st = [s.strip() for s in text.split(',') if s.strip()]
@@ -418,7 +420,7 @@ def _stage_list(text: str) -> list[str]:
     if [s for s in STAGES if s in st] != st: raise ValueError(f"stages run in the order {', '.join(STAGES)}, got {text!r}")
     return st
 
-def train_decoupled(out, stages=STAGES, steps: int = 4500, harm_steps: int = 1500, temporal_steps: int = 400, bs: int = 8, init: str | None = 'ciagan',
+def train_decoupled(out, stages=STAGES, steps: int = STEPS['anon'], harm_steps: int = STEPS['harm'], temporal_steps: int = STEPS['temporal'], bs: int = 8, init: str | None = 'ciagan',
                     real: bool = True, cfg: DecoupledConfig | None = None, precision: str = 'auto', h_precision: str = 'fp32',
                     h_from=None,       # a decoupled model file whose H (with its temporal encoder) is used instead of training one
                     **kw) -> Path:
