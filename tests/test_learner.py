@@ -177,11 +177,17 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
     one, two, ck = tmp_path / 'one.safetensors', tmp_path / 'two.safetensors', tmp_path / 'ck.safetensors'
     env = dict(os.environ, OMP_NUM_THREADS='1')
     for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'): env.pop(k, None)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--nnodes', '1', '--master_addr', '127.0.0.1',
-           '--master_port', str(_free_port()), str(Path(__file__).parent / 'learner_ddp_job.py'), str(two), '6', str(ck)]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launch = lambda: subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--nnodes', '1', '--master_addr', '127.0.0.1',
+                                       '--master_port', str(_free_port()), str(Path(__file__).parent / 'learner_ddp_job.py'), str(two), '6', str(ck)],
+                                      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = launch()
     main(one, 6)                                                              # the single-process run, meanwhile, in this process
     out, _ = proc.communicate(timeout=120)
+    if proc.returncode != 0 and 'terminate called without an active exception' in out:
+        # gloo's C++ side sometimes aborts a worker (SIGABRT) even after barrier and destroy_process_group: 4 of about 55 runs of
+        # this test on a 2-core machine, none in 22 direct torchrun runs. One relaunch, printed; any other failure, or a second abort, fails.
+        print('torchrun worker aborted in gloo; relaunching once:', out[-600:])
+        proc = launch(); out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     a, b = load_checkpoint(one), load_checkpoint(two)
     fct.test_eq((a['world'], a['local_bs'], b['world'], b['local_bs']), (1, 8, 2, 4))
