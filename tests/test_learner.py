@@ -184,7 +184,7 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path):
     main(one, 6)                                                              # the single-process run, meanwhile, in this process
     out, _ = proc.communicate(timeout=120)
     if proc.returncode != 0 and 'terminate called without an active exception' in out:
-        # gloo's C++ side sometimes aborts a worker (SIGABRT) even after barrier and destroy_process_group: 4 of about 55 runs of
+        # a worker sometimes aborts (SIGABRT) in gloo's C++ side, though the job ends with barrier and destroy_process_group: 4 of ~55 runs of
         # this test on a 2-core machine, none in 22 direct torchrun runs. One relaunch, printed; any other failure, or a second abort, fails.
         print('torchrun worker aborted in gloo; relaunching once:', out[-600:])
         proc = launch(); out, _ = proc.communicate(timeout=120)
