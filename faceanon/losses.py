@@ -12,8 +12,8 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['GAN_LOSSES', 'over_scales', 'lsgan_d_loss', 'lsgan_g_loss', 'ns_d_loss', 'ns_g_loss', 'hinge_d_loss', 'hinge_g_loss',
            'gan_losses', 'r1_penalty', 'contrastive_loss', 'cosine_distance', 'identity_loss', 'id_classify_loss',
-           'id_confuse_loss', 'distraction_identity_loss', 'recon_loss', 'bits_to_chunks', 'chunks_to_bits',
-           'bitchunk_loss', 'chunk_accuracy', 'bit_accuracy']
+           'id_confuse_loss', 'distraction_identity_loss', 'code_identity_loss', 'recon_loss', 'bits_to_chunks',
+           'chunks_to_bits', 'bitchunk_loss', 'chunk_accuracy', 'bit_accuracy']
 
 # %% ../nbs/15_losses.ipynb #7e47caa3
 def over_scales(loss):
@@ -113,6 +113,13 @@ def distraction_identity_loss(e: torch.Tensor,      # (B, D) embeddings of the a
                               margin: float = 0.3) -> torch.Tensor:
     "Near f_hat, away from f: identity_loss(e, f_hat, 'same') + identity_loss(e, f, 'different', margin)."
     return identity_loss(e, f_hat, 'same') + identity_loss(e, f, 'different', margin)
+
+def code_identity_loss(e: torch.Tensor,       # (B, D) unit embeddings of the generated faces
+                       target: torch.Tensor,  # (B, D) the unit identity codes they were drawn from
+                       mask: torch.Tensor     # (B,) bool: the rows that count
+                       ) -> torch.Tensor:
+    "Mean cosine distance 1 - e·target over the rows where mask is true (0 when none is): attention distraction's identity term."
+    return ((1 - (e * target).sum(1)) * mask).sum() / mask.sum().clamp(min=1)
 
 # %% ../nbs/15_losses.ipynb #96517611
 def recon_loss(x: torch.Tensor, y: torch.Tensor,  # (B, C, H, W) images
