@@ -104,7 +104,7 @@ def build_app(photo: str = 'astronaut', method: str = 'blur17'):
     seed = W.IntText(value=0, description='seed')
     knobs = dict(password=W.Text(value='', placeholder='random per face', description='password'),
                  target_id=W.IntText(value=-1, description='target id', tooltip='-1: a random identity per face'),
-                 strength=W.FloatSlider(value=1.0, min=0, max=1, step=0.05, description='strength'),
+                 strength=W.FloatSlider(value=0.9, min=0, max=1, step=0.05, description='strength'),
                  eps=W.FloatSlider(value=1.0, min=0, max=4, step=0.1, description='eps'),
                  beta=W.FloatSlider(value=0.0, min=0, max=1, step=0.05, description='beta'))
     det, out = cls(W.Image(format='png', width=360), 'fa-detections'), cls(W.Image(format='png', width=360), 'fa-result')

@@ -87,7 +87,7 @@ def _anonymize_args(p, method: bool = True):
     p.add_argument('--weights', default=None, metavar='PATH', help="GAN methods: a trained model file (default: the committed SynthFaces model)")
     p.add_argument('--password', default=None, help='password method: the passphrase (default: a random password per face)')
     p.add_argument('--target-id', type=int, default=None, metavar='K', help='ciagan, decoupled: every face becomes training identity K (default: random per face)')
-    p.add_argument('--strength', type=float, default=None, metavar='S', help="distraction: intrinsic distraction strength in [0, 1] (default: the model's, 1)")
+    p.add_argument('--strength', type=float, default=None, metavar='S', help="distraction: intrinsic distraction strength in [0, 1] (default: the model's, 0.9)")
     p.add_argument('--eps', type=float, default=None, help="distraction: delegate distance, 0 = any delegate, larger = farther (default: the model's)")
     p.add_argument('--beta', type=float, default=None, help="distraction: share of the delegate's appearance in [0, 1] (default: the model's)")
     p.add_argument('--carry', type=float, default=None, help='decoupled, videos: share of the previous frame\'s output kept in each frame, in [0, 1) (default: 0.7)')

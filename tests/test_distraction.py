@@ -1,4 +1,4 @@
-"Attention distraction: Tables 1-4 shapes, geometry maps, delegate choice, the identity loss, training steps, the model file, the method, CLI."
+"Attention distraction: Tables 1-4 shapes, geometry maps, delegate choice, the identity loss, the recast Z_id, training steps, the model file, the method, CLI."
 import argparse, subprocess, sys
 from pathlib import Path
 import numpy as np
@@ -77,6 +77,20 @@ def test_distraction_identity_loss_values_and_gradient():
     assert e.grad[0, 1] < 0 < e.grad[0, 0]                                  # descent moves e toward f_hat, away from f
 
 
+def test_recast_identity_is_unit_orthogonal_to_f_and_recentred():
+    torch.manual_seed(0)
+    f = F.normalize(torch.randn(64, 512), dim=1)
+    common = F.normalize(torch.randn(1, 512), dim=1)
+    f_hat = F.normalize(0.6 * f + 0.8 * common + 0.1 * torch.randn(64, 512), dim=1)     # as the distraction makes them: near f, sharing one direction
+    means = torch.stack([f.mean(0), f_hat.mean(0)])
+    z = D.recast_identity(f, f_hat, means)
+    fct.test_close(z.norm(dim=1), torch.ones(64), eps=1e-5)
+    fct.test_close((z * f).sum(1), torch.zeros(64), eps=1e-5)                 # nothing of the face's own feature is left
+    assert (z @ common.T).abs().mean() < 0.5 * (f_hat @ common.T).mean(), ((z @ common.T).abs().mean(), (f_hat @ common.T).mean())
+    assert z.mean(0).norm() < 0.5 * f_hat.mean(0).norm()                       # the shared direction is gone: codes spread like real ones
+    fct.test_close(D.recast_identity(f, f_hat, means), z)                      # deterministic
+
+
 def test_int8_facenet_round_trip_and_model_file(tmp_path, faces):
     torch.manual_seed(0)
     Fn = D.facenet_for(TINY).eval()
@@ -85,9 +99,16 @@ def test_int8_facenet_round_trip_and_model_file(tmp_path, faces):
     cos = F.cosine_similarity(Fn.features(x), Fq.features(x))
     assert cos.min() > 0.99, cos
     G = D.DistractionGenerator(TINY)
-    p = D.save_distraction(G, Fn, faces['landmarks'], torch.randn(8, TINY.widths[-1]), tmp_path / 'm.safetensors', dict(steps=3))
+    means = torch.randn(2, 512)
+    with pytest.raises(ValueError, match='needs its code_means'): D.save_distraction(G, Fn, faces['landmarks'], torch.randn(8, TINY.widths[-1]), tmp_path / 'x.safetensors')
+    assert not (tmp_path / 'x.safetensors').exists()
+    p = D.save_distraction(G, Fn, faces['landmarks'], torch.randn(8, TINY.widths[-1]), tmp_path / 'm.safetensors', dict(steps=3), code_means=means)
     m = D.load_distraction(p)
     fct.test_eq(m['cfg'], TINY); fct.test_eq(m['info']['steps'], 3); fct.test_eq(m['pool_landmarks'].shape, (8, 68, 2))
+    fct.test_eq(m['code_means'], means)
+    G0 = D.DistractionGenerator(D.DistractionConfig(**{**TINY.__dict__, 'recast': False}))          # a model without recast codes needs no means
+    m0 = D.load_distraction(D.save_distraction(G0, Fn, faces['landmarks'], torch.randn(8, TINY.widths[-1]), tmp_path / 'm0.safetensors'))
+    assert m0['code_means'] is None and not m0['cfg'].recast
     for k, v in G.state_dict().items(): fct.test_close(m['G'].state_dict()[k], v.half().float(), eps=1e-6)
     with pytest.raises(ValueError, match='not an attention-distraction model file'):
         D.load_distraction(ROOT / 'faceanon' / 'weights' / 'password_synth64.safetensors')
@@ -103,7 +124,8 @@ def test_training_steps_lower_reconstruction_and_resume(tmp_path):
     learn2, _ = D.train_distraction(TINY, Fn, tmp_path, steps=44, bs=4, progress=False, resume=True, per_id=3)
     fct.test_eq(learn2.global_step, 44)
     out = D.export_distraction(learn2, ds, tmp_path / 'm.safetensors')
-    fct.test_eq(D.load_distraction(out)['info']['steps'], 44)
+    m = D.load_distraction(out)
+    fct.test_eq(m['info']['steps'], 44); fct.test_eq(m['code_means'], torch.stack([ds.f.mean(0), ds.f_hat.mean(0)]))
 
 
 def test_committed_method_is_seeded_composited_and_refuses_bad_input(faces):
@@ -117,6 +139,9 @@ def test_committed_method_is_seeded_composited_and_refuses_bad_input(faces):
     fct.test_eq(m(big, seed=0).shape, (4, 3, 128, 128))                     # any crop size: resized to the model's and back
     with pytest.raises(ValueError, match='must have shape'): m(FaceBatch(torch.zeros(1, 1, 64, 64), torch.ones(1, 1, 64, 64)))   # grey crop
     with pytest.raises(ValueError, match='must be square'): m(FaceBatch(torch.zeros(1, 3, 64, 48), torch.ones(1, 1, 64, 48)))
+    f, f_hat = D.identity_features(m.F, fb.images, 1.0, m.cfg.cam_layer)
+    fct.test_eq(m.identity_code(f, f_hat, 0.0), f)                          # strength 0: no intrinsic distraction, Z_id = f
+    fct.test_close((m.identity_code(f, f_hat) * f).sum(1), torch.zeros(4), eps=1e-5)   # the committed model recasts f_hat: nothing of f left
     with pytest.raises(FileNotFoundError, match='faceanon train distraction'): get_method('distraction', weights='/nope.safetensors')
     with pytest.raises(ValueError, match='eps must be'): get_method('distraction', eps=-1)
 

@@ -5,7 +5,7 @@
 # %% ../../nbs/22_methods.distraction.ipynb #b78763d7
 from __future__ import annotations
 import sys, time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, fields, replace
 from functools import partial
 from importlib.resources import files
 from pathlib import Path
@@ -17,19 +17,19 @@ from PIL import Image, ImageDraw
 from ..core import set_seed, impl_rows, bench_precisions
 from ..data.synthetic import FACE_CLASSES, PARSING_COLOURS
 from ..layers import ResBlock, AdaIN, SumPool, conv2d, linear
-from ..losses import gan_losses, recon_loss, distraction_identity_loss
+from ..losses import gan_losses, recon_loss, code_identity_loss
 from ..learner import Learner, Phase, MetricsCB, ProgressCB, SamplesCB, CheckpointCB, EMACB, save_checkpoint, load_checkpoint, add_run_args
 from ..identity import FaceNet, FaceNetConfig, train_facenet, load_facenet, facenet_distraction_of
 from .base import AnonMethod, FaceBatch, register_method, landmarks68_to_5
 
 # %% auto #0
-__all__ = ['GEOMETRY_COLOURS', 'DistractionConfig', 'facenet_for', 'identity_features', 'face_parts', 'geometry_map',
-           'landmark_labels', 'five_point_affines', 'align_delegates', 'geometry_distance', 'pick_delegate',
-           'choose_delegates', 'AppearanceEncoder', 'DistractionGenerator', 'DistractionCritic', 'DistractionData',
-           'generator_loss', 'critic_loss', 'distraction_phases', 'synth_training_data', 'train_distraction',
-           'export_distraction', 'quantize_int8', 'dequantize_int8', 'save_distraction', 'load_distraction',
-           'default_weights', 'DistractionMethod', 'distraction_demo', 'bench_distraction', 'add_train_args',
-           'train_main']
+__all__ = ['GEOMETRY_COLOURS', 'DistractionConfig', 'facenet_for', 'identity_features', 'recast_identity', 'face_parts',
+           'geometry_map', 'landmark_labels', 'five_point_affines', 'align_delegates', 'geometry_distance',
+           'pick_delegate', 'inner_parts_on', 'choose_delegates', 'AppearanceEncoder', 'DistractionGenerator',
+           'DistractionCritic', 'DistractionData', 'anonymization_codes', 'generator_loss', 'critic_loss',
+           'distraction_phases', 'synth_training_data', 'train_distraction', 'export_distraction', 'quantize_int8',
+           'dequantize_int8', 'save_distraction', 'load_distraction', 'default_weights', 'DistractionMethod',
+           'distraction_demo', 'bench_distraction', 'add_train_args', 'facenet_from_file', 'train_main']
 
 # %% ../../nbs/22_methods.distraction.ipynb #c234c082
 @dataclass
@@ -43,18 +43,20 @@ class DistractionConfig:
     facenet_size: int = 80              # FaceNet input (paper: 160)
     facenet_blocks: tuple = (1, 1, 1)   # Inception-ResNet blocks per stage (paper: 5, 10, 5)
     cam_layer: str = 'repeat_2'         # A: the last 3x3 map at 80 px (paper: block8's Conv2d, 3x3 at 160 px)
-    strength: float = 1.0               # distraction strength s at inference: A_hat = A * (1 - s * CAM)
+    strength: float = 0.9               # distraction strength s at inference: A_hat = A * (1 - s * CAM); 0.9 chosen on validation faces (training uses 1)
     eps: float = 0.0                    # delegate choice (exponential mechanism): 0 = any training face, larger = farther ones; 0 chosen on validation faces
     beta: float = 0.5                   # appearance: f_a = (1 - beta) E(x) + beta E(delegate)
+    own_outline: bool = True            # Z_g at inference: the delegate's inner parts on the face's own jaw line [P]; False: the delegate's whole shape
     # training (the paper's schedule and weights are not published; ours, for 2 CPU cores)
     lr: float = 2e-4                    # Adam, G and E
     lr_d: float = 4e-4                  # Adam, D (two time-scale update rule)
     betas: tuple = (0.0, 0.99)
     gan_loss: str = 'hinge'
     w_rec: float = 10.0                 # L1 of the self-reconstruction G(f, E(x), S_x) = x
-    w_id: float = 0.5                   # FaceNet(x_n) near f_hat, away from f
+    w_id: float = 0.5                   # FaceNet(x_n) near Z_id, on the passes given another person's f
     id_blur: int = 3                    # FaceNet sees the output box-blurred by this many px: no reward for adversarial stripes
-    margin: float = 0.3                 # cos(FaceNet(x_n), f) above this is penalised
+    p_real_code: float = 0.5            # share of anonymization passes given another training person's f as Z_id, with the identity loss [P]
+    recast: bool = True                 # Z_id = recast_identity(f, f_hat) [P]; False: f_hat as it is
     p_delegate: float = 0.5             # share of anonymization passes trained with a delegate geometry (else S_x)
     p_landmark_map: float = 0.5         # share of S_x drawn from landmarks instead of the parsing map
 
@@ -76,6 +78,13 @@ def identity_features(Fnet: FaceNet, x: torch.Tensor, strength: float | torch.Te
         o = dis(xb)                                                    # FaceNet resizes to its input size itself
         fs.append(F.normalize(o.f.detach(), dim=1)); fh.append(F.normalize(o.f_hat.detach(), dim=1))
     return torch.cat(fs), torch.cat(fh)
+
+def recast_identity(f: torch.Tensor, f_hat: torch.Tensor,  # (B, D) unit features of the faces and their distracted features
+                    code_means: torch.Tensor              # (2, D): the mean f and the mean f_hat over the training faces
+                    ) -> torch.Tensor:
+    "Z_id [P]: f_hat moved from the distracted features' mean to the real features' mean, its component along f removed, unit length."
+    z = F.normalize(f_hat - code_means[1] + code_means[0], dim=1)
+    return F.normalize(z - (z * f).sum(1, keepdim=True) * f, dim=1)
 
 # %% ../../nbs/22_methods.distraction.ipynb #c7ff3e02
 GEOMETRY_COLOURS = torch.tensor(PARSING_COLOURS[:max(FACE_CLASSES) + 1], dtype=torch.float32) / 127.5 - 1   # SynthFaces' palette, face parts only
@@ -129,6 +138,10 @@ def pick_delegate(d: torch.Tensor, eps: float, generator=None) -> int:
     "Exponential mechanism over distances d (P,): P[j] ~ exp(eps * d_j / (2 max d)); eps 0 = uniform, large = the farthest."
     logits = eps * d / (2 * d.max().clamp_min(1e-12))
     return int(torch.multinomial(torch.softmax(logits.double(), 0), 1, generator=generator))
+
+def inner_parts_on(fitted: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    "Fitted delegates' inner parts (brows, eyes, nose, mouth: points 17-67) on each face's own jaw line (points 0-16): (B, 68, 2)."
+    return torch.cat([landmarks[:, :17].to(fitted), fitted[:, 17:]], 1)
 
 def choose_delegates(pool: torch.Tensor, landmarks: torch.Tensor, eps: float, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     "For each face's 68 landmarks (B, 68, 2): (delegate indices (B,), the delegates' landmarks fitted to the face (B, 68, 2))."
@@ -204,6 +217,7 @@ class DistractionData(torch.utils.data.Dataset):
         self.parts = face_parts(parsing)
         self.lm_parts = landmark_labels(self.lm, cfg.size)
         self.n, self.draws = len(images), draws
+        self.code_means = torch.stack([f.mean(0), f_hat.mean(0)])   # for recast_identity
     def __len__(self): return self.n * self.draws
     def __getitem__(self, p: int) -> dict:
         g = np.random.default_rng([self.seed, p])
@@ -216,8 +230,12 @@ class DistractionData(torch.utils.data.Dataset):
                     beta=torch.tensor(g.random(), dtype=torch.float32))
 
 # %% ../../nbs/22_methods.distraction.ipynb #096a75f3
-def _passes(G: DistractionGenerator, b: dict) -> tuple:
-    "G's self-reconstruction and anonymization passes on batch b: (composited x_r, composited x_n, raw x_r, S_x, Z_g, face mask)."
+def anonymization_codes(b: dict, cfg: DistractionConfig, code_means: torch.Tensor) -> torch.Tensor:
+    "Z_id of batch b's anonymization passes: f_hat recast (cfg.recast) or as it is."
+    return recast_identity(b['f'], b['f_hat'], code_means.to(b['f'])) if cfg.recast else b['f_hat']
+
+def _passes(G: DistractionGenerator, b: dict, z_n: torch.Tensor) -> tuple:
+    "G's self-reconstruction and anonymization (Z_id = z_n) passes on batch b: (composited x_r, composited x_n, raw x_r, S_x, Z_g, face mask)."
     x = b['image']
     s_x, z_g = geometry_map(b['own']), geometry_map(b['geo'])
     m_x = _face_region(b['own']); m_n = torch.maximum(m_x, _face_region(b['geo']))
@@ -225,19 +243,22 @@ def _passes(G: DistractionGenerator, b: dict) -> tuple:
     fa_x, fa_d = f_a.chunk(2)
     beta = b['beta'][:, None]
     x_r = G(b['f'], fa_x, s_x)
-    x_n = G(b['f_hat'], (1 - beta) * fa_x + beta * fa_d, z_g)
+    x_n = G(z_n, (1 - beta) * fa_x + beta * fa_d, z_g)
     return m_x * x_r + (1 - m_x) * x, m_n * x_n + (1 - m_n) * x, x_r, s_x, z_g, m_x
 
 def generator_loss(learn):
-    "G, E: fool D on both passes; reconstruct x from (f, E(x), S_x); FaceNet of the anonymized face near f_hat, away from f."
+    "G, E: fool D on both passes; reconstruct x from (f, E(x), S_x); where Z_id is another person's f, FaceNet of the output near it."
     b, cfg = learn.batch, learn.cfg
-    comp_r, comp_n, x_r, s_x, z_g, m_x = _passes(learn.G, b)
+    with torch.no_grad(): f_y = F.normalize(learn.F.features(b['image_d']), dim=1)     # the delegate's identity: a code real faces reach
+    real = torch.rand(len(f_y), device=f_y.device) < cfg.p_real_code
+    z = torch.where(real[:, None], f_y, anonymization_codes(b, cfg, learn.code_means))
+    comp_r, comp_n, x_r, s_x, z_g, m_x = _passes(learn.G, b, z)
     learn.fakes = (learn.iter, comp_r.detach(), comp_n.detach())
     g_loss = gan_losses(cfg.gan_loss)[1]
     adv = (g_loss(learn.D(comp_r, s_x)) + g_loss(learn.D(comp_n, z_g))) / 2
     rec = recon_loss(x_r, b['image'], m_x)
     e = F.normalize(learn.F.features(F.avg_pool2d(comp_n, cfg.id_blur, 1, cfg.id_blur // 2, count_include_pad=False)), dim=1)
-    ident = distraction_identity_loss(e, b['f_hat'], b['f'], cfg.margin)
+    ident = code_identity_loss(e, f_y, real)                                          # cosine distance to f_y, on those passes only
     return adv + cfg.w_rec * rec + cfg.w_id * ident, dict(adv=adv, rec=rec, ident=ident)
 
 def critic_loss(learn):
@@ -245,7 +266,7 @@ def critic_loss(learn):
     b, cfg = learn.batch, learn.cfg
     it, comp_r, comp_n = getattr(learn, 'fakes', (None, None, None))
     if it != learn.iter:
-        with torch.no_grad(): comp_r, comp_n, *_ = _passes(learn.G, b)
+        with torch.no_grad(): comp_r, comp_n, *_ = _passes(learn.G, b, anonymization_codes(b, cfg, learn.code_means))
     s_x, z_g = geometry_map(b['own']), geometry_map(b['geo'])
     real = learn.D(b['image'], s_x)
     fake = torch.cat([learn.D(comp_r, s_x), learn.D(comp_n, z_g)])
@@ -270,7 +291,7 @@ def _sample_fn(ds: DistractionData, n: int = 6):
     def fn(learn):
         bb = {k: v.to(learn.device) for k, v in b.items()}
         G = learn.models['G_ema'] if 'G_ema' in learn.models else learn.G
-        comp_r, comp_n, *_ = _passes(G, bb)
+        comp_r, comp_n, *_ = _passes(G, bb, anonymization_codes(bb, ds.cfg, ds.code_means))
         return torch.cat([bb['image'], comp_r, comp_n, geometry_map(bb['geo'])])
     return fn
 
@@ -287,7 +308,7 @@ def train_distraction(cfg: DistractionConfig, Fnet: FaceNet, out_dir, steps: int
     torch.manual_seed(seed)
     learn = Learner(dict(G=DistractionGenerator(cfg), D=DistractionCritic(cfg), F=Fnet.eval().requires_grad_(False)), distraction_phases(cfg), ds,
                     bs=bs, cbs=cbs, seed=seed, device=device, precision=precision)
-    learn.cfg = cfg
+    learn.cfg, learn.code_means = cfg, ds.code_means
     learn.fit(max_steps=steps)
     return learn, ds
 
@@ -297,7 +318,8 @@ def export_distraction(learn: Learner, ds: DistractionData, path, **info) -> Pat
     G = learn.models['G_ema'].eval()
     codes = torch.cat([G.E(b.to(learn.device)).cpu() for b in ds.images.split(128)])
     mets = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
-    return save_distraction(G.cpu(), learn.F.cpu(), ds.lm, codes, path, dict(info, steps=learn.global_step, seed=learn.seed, history=mets.history if mets else []))
+    return save_distraction(G.cpu(), learn.F.cpu(), ds.lm, codes, path, dict(info, steps=learn.global_step, seed=learn.seed, history=mets.history if mets else []),
+                            code_means=ds.code_means)
 
 # %% ../../nbs/22_methods.distraction.ipynb #43c0a347
 _FORMAT = 'faceanon.distraction/1'
@@ -320,21 +342,27 @@ def _pack_facenet(Fnet: FaceNet) -> dict:
 
 def _unpack_facenet(sd: dict) -> dict: return {k: dequantize_int8(v) if isinstance(v, dict) else v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
-def save_distraction(G: DistractionGenerator, Fnet: FaceNet, pool_landmarks: torch.Tensor, pool_codes: torch.Tensor, path, info: dict | None = None) -> Path:
-    "One safetensors file: config, G (float16), FaceNet (int8), the delegate pool (landmarks, appearance codes), info."
+def save_distraction(G: DistractionGenerator, Fnet: FaceNet, pool_landmarks: torch.Tensor, pool_codes: torch.Tensor, path, info: dict | None = None,
+                     code_means: torch.Tensor | None = None) -> Path:
+    "One safetensors file: config, G (float16), FaceNet (int8), the delegate pool (landmarks, appearance codes), the code means, info."
+    if G.cfg.recast and code_means is None: raise ValueError("a model trained with recast codes needs its code_means (the training faces' mean f and f_hat)")
     state = dict(format=_FORMAT, config=asdict(G.cfg), info=info or {}, G={k: v.half() if v.is_floating_point() else v for k, v in G.state_dict().items()},
                  F=_pack_facenet(Fnet), pool_landmarks=pool_landmarks.half(), pool_codes=pool_codes.half())
+    if code_means is not None: state['code_means'] = code_means.float()
     return save_checkpoint(state, path)
 
 def load_distraction(path, device='cpu') -> dict:
-    "Read a file written by `save_distraction`: dict(G, F, pool_landmarks, pool_codes, cfg, info), nets in eval mode."
+    "Read a file written by `save_distraction`: dict(G, F, pool_landmarks, pool_codes, code_means, cfg, info), nets in eval mode."
     sd = load_checkpoint(path, device)
     if sd.get('format') != _FORMAT: raise ValueError(f"{path}: not an attention-distraction model file (format {sd.get('format')!r})")
-    cfg = DistractionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd['config'].items()})
+    known = {f.name for f in fields(DistractionConfig)}                    # files from before recast carry a 'margin' and no code means
+    cfg = DistractionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd['config'].items() if k in known})
+    if 'code_means' not in sd: cfg = replace(cfg, recast=False)
     G = DistractionGenerator(cfg); G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd['G'].items()})
     Fnet = facenet_for(cfg); Fnet.load_state_dict(_unpack_facenet(sd['F']))
     return dict(G=G.to(device).eval().requires_grad_(False), F=Fnet.to(device).eval().requires_grad_(False), cfg=cfg, info=sd['info'],
-                pool_landmarks=sd['pool_landmarks'].float(), pool_codes=sd['pool_codes'].float())
+                pool_landmarks=sd['pool_landmarks'].float(), pool_codes=sd['pool_codes'].float(),
+                code_means=sd['code_means'].float() if 'code_means' in sd else None)
 
 # %% ../../nbs/22_methods.distraction.ipynb #65fe24c8
 def default_weights() -> Path:
@@ -348,24 +376,33 @@ class DistractionMethod(AnonMethod):
                  eps: float | None = None,          # delegate choice: 0 = any, larger = farther from the face's geometry (default: the model's)
                  beta: float | None = None,         # appearance taken from the delegate, in [0, 1] (default: the model's)
                  extrinsic: bool = True,            # False: Z_g is the face's own geometry and its own appearance (no delegate)
+                 own_outline: bool | None = None,   # the delegate's inner parts on the face's own jaw line (default: the model's, True); False: its whole shape
                  device='cpu'):
         path = Path(weights) if weights is not None else default_weights()
         if not path.exists(): raise FileNotFoundError(f"attention-distraction weights {path} not found; train some with `faceanon train distraction -o RUN` or pass weights=PATH")
         m = load_distraction(path, device)
         self.G, self.F, self.cfg, self.info, self.pool, self.codes = m['G'], m['F'], m['cfg'], m['info'], m['pool_landmarks'], m['pool_codes']
+        self.code_means = m['code_means']
         self.crop_size, self.extrinsic = self.cfg.size, extrinsic
+        self.own_outline = self.cfg.own_outline if own_outline is None else own_outline
         self.strength = self.cfg.strength if strength is None else strength
         self.eps, self.beta = (self.cfg.eps if eps is None else eps), (self.cfg.beta if beta is None else beta)
         for k, v in (('strength', self.strength), ('beta', self.beta)):
             if not 0 <= v <= 1: raise ValueError(f"{k} must be in [0, 1], got {v}")
         if self.eps < 0: raise ValueError(f"eps must be >= 0, got {self.eps}")
 
+    def identity_code(self, f: torch.Tensor, f_hat: torch.Tensor, strength: float | None = None) -> torch.Tensor:
+        "Z_id: f when the intrinsic distraction is off (strength 0), else f_hat recast (or as it is, for a model trained without recast)."
+        if (self.strength if strength is None else strength) == 0: return f
+        return recast_identity(f, f_hat, self.code_means.to(f)) if self.cfg.recast else f_hat
+
     def codes_for(self, x: torch.Tensor, landmarks: torch.Tensor, own: torch.Tensor, generator) -> tuple:
         "(Z_id, f_a, Z_g labels, delegate indices) for crops x (B, 3, s, s) at the model's size with their landmarks and part labels."
-        _, z_id = identity_features(self.F, x, self.strength, self.cfg.cam_layer)
+        z_id = self.identity_code(*identity_features(self.F, x, self.strength, self.cfg.cam_layer))
         f_a = self.G.E(x)
         if not self.extrinsic: return z_id, f_a, own, None
         idx, fitted = choose_delegates(self.pool, landmarks, self.eps, generator)
+        if self.own_outline: fitted = inner_parts_on(fitted, landmarks)
         return z_id, (1 - self.beta) * f_a + self.beta * self.codes[idx].to(f_a), landmark_labels(fitted, self.cfg.size).to(x.device), idx
 
     def anonymize(self, batch: FaceBatch, generator: torch.Generator) -> torch.Tensor:
@@ -382,7 +419,7 @@ class DistractionMethod(AnonMethod):
         return out.to(batch.images)
 
 # %% ../../nbs/22_methods.distraction.ipynb #9c1869c3
-def distraction_demo(m: DistractionMethod, image: torch.Tensor, landmarks: torch.Tensor, strength: float = 1.0, eps: float = 0.0, seed: int = 0) -> dict:
+def distraction_demo(m: DistractionMethod, image: torch.Tensor, landmarks: torch.Tensor, strength: float = 0.9, eps: float = 0.0, seed: int = 0) -> dict:
     "One 64 px face (3, S, S) with 68 landmarks: CAM before/after (upsampled to [-1, 1] images), delegate geometry and the output."
     from faceanon.gradcam import upsample_cam, cam_from
     x, lm = image[None], landmarks[None].float()
@@ -393,9 +430,11 @@ def distraction_demo(m: DistractionMethod, image: torch.Tensor, landmarks: torch
         grads, = torch.autograd.grad(m.F.logits(dis.feature_head(A_hat)).gather(1, o.cls[:, None]).sum(), A_hat)
     heat = lambda c: upsample_cam(c, x.shape[-2:]).mul(2).sub(1).expand(-1, 3, -1, -1)[0]
     idx, fitted = choose_delegates(m.pool, lm, eps, torch.Generator().manual_seed(seed))
+    if m.own_outline: fitted = inner_parts_on(fitted, lm)
     geo = landmark_labels(fitted, m.cfg.size)
     f_a = (1 - m.beta) * m.G.E(x) + m.beta * m.codes[idx]
-    with torch.no_grad(): out = m.G(F.normalize(o.f_hat.detach(), dim=1), f_a, geometry_map(geo))[0]
+    z_id = m.identity_code(F.normalize(o.f.detach(), dim=1), F.normalize(o.f_hat.detach(), dim=1), strength)
+    with torch.no_grad(): out = m.G(z_id, f_a, geometry_map(geo))[0]
     return dict(cam_before=heat(o.cam), cam_after=heat(cam_from(A_hat.detach(), grads)), delegate=geometry_map(geo)[0], output=out)
 
 # %% ../../nbs/22_methods.distraction.ipynb #f53e6501
@@ -417,20 +456,28 @@ def add_train_args(p):
     "Declare `faceanon train distraction` options on an argparse parser."
     d = DistractionConfig()
     p.add_argument('-o', '--out', required=True, help='run directory: facenet.safetensors, checkpoint.safetensors (resumable), distraction.safetensors, samples_*.png')
-    p.add_argument('--facenet', default=None, help="the method's FaceNet: a recognizer file (e.g. another run's facenet.safetensors); default: train one on SynthFaces")
+    p.add_argument('--facenet', default=None, help="the method's FaceNet: a recognizer file (another run's facenet.safetensors) or a distraction model file; default: train one on SynthFaces")
     p.add_argument('--facenet-epochs', type=int, default=10, help='epochs of the SynthFaces FaceNet (default: 10)')
     p.add_argument('--w-id', type=float, default=d.w_id, help=f'identity loss weight (default: {d.w_id})')
     p.add_argument('--w-rec', type=float, default=d.w_rec, help=f'self-reconstruction weight (default: {d.w_rec})')
     add_run_args(p, bs=16, ckpt_every=250, precision='fp32', steps=1750)
 
+def facenet_from_file(path) -> FaceNet:
+    "The FaceNet in a recognizer file, or the one stored in an attention-distraction model file (int8, as the method uses it)."
+    from safetensors import safe_open
+    from faceanon.identity import load_recognizer
+    if not Path(path).exists(): raise FileNotFoundError(f"FaceNet file {path} not found")
+    with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
+    return load_distraction(path)['F'] if 'faceanon' in meta else load_recognizer(path).model
+
 def train_main(args) -> int:
     "Run `faceanon train distraction`; 0 on success, 2 on a usage error."
-    from faceanon.identity import save_recognizer, load_recognizer, FaceNetRecognizer
+    from faceanon.identity import save_recognizer, FaceNetRecognizer
     try:
         cfg = DistractionConfig(w_id=args.w_id, w_rec=args.w_rec)
         out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
         fpath = out / 'facenet.safetensors'
-        if args.facenet or fpath.exists(): Fnet = load_recognizer(args.facenet or fpath).model
+        if args.facenet or fpath.exists(): Fnet = facenet_from_file(args.facenet or fpath)
         else:
             Fnet = facenet_for(cfg, config=FaceNetConfig(n_ids=cfg.n_ids, blocks=cfg.facenet_blocks, hair_per_image=True, seed=1, epochs=args.facenet_epochs))
             save_recognizer(FaceNetRecognizer(Fnet, name='distraction-facenet'), fpath)
