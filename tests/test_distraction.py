@@ -109,6 +109,12 @@ def test_int8_facenet_round_trip_and_model_file(tmp_path, faces):
     G0 = D.DistractionGenerator(D.DistractionConfig(**{**TINY.__dict__, 'recast': False}))          # a model without recast codes needs no means
     m0 = D.load_distraction(D.save_distraction(G0, Fn, faces['landmarks'], torch.randn(8, TINY.widths[-1]), tmp_path / 'm0.safetensors'))
     assert m0['code_means'] is None and not m0['cfg'].recast
+    from faceanon.learner import load_checkpoint, save_checkpoint
+    old = load_checkpoint(p); old['config'] = {**old['config'], 'margin': 0.3}; del old['code_means']        # a file from before recast
+    m1 = D.load_distraction(save_checkpoint(old, tmp_path / 'old.safetensors'))
+    assert m1['code_means'] is None and not m1['cfg'].recast
+    old['config']['nope'] = 1
+    with pytest.raises(ValueError, match="unknown config fields \\['nope'\\]"): D.load_distraction(save_checkpoint(old, tmp_path / 'bad.safetensors'))
     for k, v in G.state_dict().items(): fct.test_close(m['G'].state_dict()[k], v.half().float(), eps=1e-6)
     with pytest.raises(ValueError, match='not an attention-distraction model file'):
         D.load_distraction(ROOT / 'faceanon' / 'weights' / 'password_synth64.safetensors')

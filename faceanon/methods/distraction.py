@@ -355,8 +355,10 @@ def load_distraction(path, device='cpu') -> dict:
     "Read a file written by `save_distraction`: dict(G, F, pool_landmarks, pool_codes, code_means, cfg, info), nets in eval mode."
     sd = load_checkpoint(path, device)
     if sd.get('format') != _FORMAT: raise ValueError(f"{path}: not an attention-distraction model file (format {sd.get('format')!r})")
-    known = {f.name for f in fields(DistractionConfig)}                    # files from before recast carry a 'margin' and no code means
-    cfg = DistractionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd['config'].items() if k in known})
+    conf = {k: tuple(v) if isinstance(v, list) else v for k, v in sd['config'].items() if k != 'margin'}   # files from before recast carry a 'margin' and no code means
+    unknown = set(conf) - {f.name for f in fields(DistractionConfig)}
+    if unknown: raise ValueError(f"{path}: unknown config fields {sorted(unknown)}; written by a newer faceanon?")
+    cfg = DistractionConfig(**conf)
     if 'code_means' not in sd: cfg = replace(cfg, recast=False)
     G = DistractionGenerator(cfg); G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd['G'].items()})
     Fnet = facenet_for(cfg); Fnet.load_state_dict(_unpack_facenet(sd['F']))
