@@ -148,6 +148,8 @@ def test_committed_method_is_seeded_composited_and_refuses_bad_input(faces):
     f, f_hat = D.identity_features(m.F, fb.images, 1.0, m.cfg.cam_layer)
     fct.test_eq(m.identity_code(f, f_hat, 0.0), f)                          # strength 0: no intrinsic distraction, Z_id = f
     fct.test_close((m.identity_code(f, f_hat) * f).sum(1), torch.zeros(4), eps=1e-5)   # the committed model recasts f_hat: nothing of f left
+    whole = get_method('distraction', own_outline=False)(fb, seed=3)
+    assert (whole - a).abs().mean() > 1e-3                                  # own_outline reaches the output (same delegates, other geometry)
     with pytest.raises(FileNotFoundError, match='faceanon train distraction'): get_method('distraction', weights='/nope.safetensors')
     with pytest.raises(ValueError, match='eps must be'): get_method('distraction', eps=-1)
 

@@ -250,6 +250,7 @@ def generator_loss(learn):
     "G, E: fool D on both passes; reconstruct x from (f, E(x), S_x); where Z_id is another person's f, FaceNet of the output near it."
     b, cfg = learn.batch, learn.cfg
     with torch.no_grad(): f_y = F.normalize(learn.F.features(b['image_d']), dim=1)     # the delegate's identity: a code real faces reach
+    # (ds.f holds the same feature; recomputing it here is how the committed model was trained, kept so the command reproduces it)
     real = torch.rand(len(f_y), device=f_y.device) < cfg.p_real_code
     z = torch.where(real[:, None], f_y, anonymization_codes(b, cfg, learn.code_means))
     comp_r, comp_n, x_r, s_x, z_g, m_x = _passes(learn.G, b, z)
