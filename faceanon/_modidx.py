@@ -553,6 +553,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'faceanon.measures.frechet_distance': ('nbs/measures.html#frechet_distance', 'faceanon/measures.py'),
                                    'faceanon.measures.frechet_distance_features': ( 'nbs/measures.html#frechet_distance_features',
                                                                                     'faceanon/measures.py'),
+                                   'faceanon.measures.frechet_terms': ('nbs/measures.html#frechet_terms', 'faceanon/measures.py'),
                                    'faceanon.measures.gaussian_stats': ('nbs/measures.html#gaussian_stats', 'faceanon/measures.py'),
                                    'faceanon.measures.gaussian_window': ('nbs/measures.html#gaussian_window', 'faceanon/measures.py'),
                                    'faceanon.measures.get_features': ('nbs/measures.html#get_features', 'faceanon/measures.py'),

@@ -14,13 +14,13 @@ from torch import nn
 from .core import Timer, to_image
 
 # %% auto #0
-__all__ = ['frechet_distance', 'gaussian_stats', 'frechet_distance_features', 'mmd2_unbiased', 'kid', 'inception_weights_path',
-           'InceptionFeatures', 'ONetFeatures', 'fd_name', 'get_features', 'extract_features', 'realism', 'l1_error',
-           'l2_error', 'psnr', 'gaussian_window', 'ssim', 'lpips_distance', 'reconstruction_metrics', 'euclidean',
-           'distance_matrix', 'reid_rate', 'verification_rate', 'identity_distance', 'batch_slices', 'embed_all',
-           'recognizer_distance', 'privacy_metrics', 'interocular', 'landmark_nme', 'detect_landmarks5',
-           'utility_metrics', 'pose_error', 'diversity', 'identity_drift', 'stabilise', 'flicker', 'boundary_rings',
-           'seam_score', 'paste_gap', 'measure_speed']
+__all__ = ['frechet_distance', 'gaussian_stats', 'frechet_distance_features', 'frechet_terms', 'mmd2_unbiased', 'kid',
+           'inception_weights_path', 'InceptionFeatures', 'ONetFeatures', 'fd_name', 'get_features', 'extract_features',
+           'realism', 'l1_error', 'l2_error', 'psnr', 'gaussian_window', 'ssim', 'lpips_distance',
+           'reconstruction_metrics', 'euclidean', 'distance_matrix', 'reid_rate', 'verification_rate',
+           'identity_distance', 'batch_slices', 'embed_all', 'recognizer_distance', 'privacy_metrics', 'interocular',
+           'landmark_nme', 'detect_landmarks5', 'utility_metrics', 'pose_error', 'diversity', 'identity_drift',
+           'stabilise', 'flicker', 'boundary_rings', 'seam_score', 'paste_gap', 'measure_speed']
 
 # %% ../nbs/17_measures.ipynb #04ed1c62
 def _as_f64(x) -> np.ndarray:
@@ -54,6 +54,15 @@ def frechet_distance_features(f1, f2) -> float:
     xc, yc, a, b = x - x.mean(0), y - y.mean(0), len(x) - 1, len(y) - 1
     tr_covmean = np.linalg.svd(xc @ yc.T, compute_uv=False).sum() / np.sqrt(a * b)   # nuclear norm, see below
     return float(((x.mean(0) - y.mean(0)) ** 2).sum() + (xc ** 2).sum() / a + (yc ** 2).sum() / b - 2 * tr_covmean)
+
+# %% ../nbs/17_measures.ipynb #770ddbb3
+def frechet_terms(f1, f2) -> dict:
+    "Fréchet distance of two feature sets (N1, D), (N2, D) split into its terms: mean, trace_1, trace_2, cross, fd, and the mean term's floor tr1/N1 + tr2/N2."
+    x, y = _as_f64(f1), _as_f64(f2)
+    fd = frechet_distance_features(x, y)
+    mean = float(((x.mean(0) - y.mean(0)) ** 2).sum())
+    t1, t2 = float(x.var(0, ddof=1).sum()), float(y.var(0, ddof=1).sum())
+    return dict(mean=mean, trace_1=t1, trace_2=t2, cross=mean + t1 + t2 - fd, fd=fd, floor=t1 / len(x) + t2 / len(y))
 
 # %% ../nbs/17_measures.ipynb #a44adc9c
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
