@@ -61,6 +61,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'faceanon.cli._recover_args': ('nbs/cli.html#_recover_args', 'faceanon/cli.py'),
                               'faceanon.cli._run_anonymize': ('nbs/cli.html#_run_anonymize', 'faceanon/cli.py'),
                               'faceanon.cli._train_args': ('nbs/cli.html#_train_args', 'faceanon/cli.py'),
+                              'faceanon.cli._yes_no': ('nbs/cli.html#_yes_no', 'faceanon/cli.py'),
                               'faceanon.cli.anonymize_cmd': ('nbs/cli.html#anonymize_cmd', 'faceanon/cli.py'),
                               'faceanon.cli.bench_cmd': ('nbs/cli.html#bench_cmd', 'faceanon/cli.py'),
                               'faceanon.cli.build_parser': ('nbs/cli.html#build_parser', 'faceanon/cli.py'),

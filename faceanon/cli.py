@@ -66,6 +66,11 @@ def methods_cmd(args) -> int:
     return 0
 
 # %% ../nbs/40_cli.ipynb #3f722d98
+def _yes_no(s: str) -> bool:
+    "'yes' -> True, 'no' -> False; anything else is refused."
+    if s not in ('yes', 'no'): raise argparse.ArgumentTypeError(f"expected yes or no, got {s!r}")
+    return s == 'yes'
+
 def _anonymize_args(p, method: bool = True):
     p.add_argument('inputs', nargs='+', metavar='INPUT', help='photos, videos (' + ' '.join(VIDEO_SUFFIXES) + ') and/or folders (searched recursively)')
     p.add_argument('-o', '--outdir', required=True, help='output folder (mirrors the input folders; never an input)')
@@ -90,9 +95,10 @@ def _anonymize_args(p, method: bool = True):
     p.add_argument('--strength', type=float, default=None, metavar='S', help="distraction: intrinsic distraction strength in [0, 1] (default: the model's, 0.9)")
     p.add_argument('--eps', type=float, default=None, help="distraction: delegate distance, 0 = any delegate, larger = farther (default: the model's)")
     p.add_argument('--beta', type=float, default=None, help="distraction: share of the delegate's appearance in [0, 1] (default: the model's)")
+    p.add_argument('--own-outline', type=_yes_no, default=None, metavar='yes|no', help="distraction: yes = the delegate's inner parts on the face's own jaw line, no = the delegate's whole shape (default: the model's, yes)")
     p.add_argument('--carry', type=float, default=None, help='decoupled, videos: share of the previous frame\'s output kept in each frame, in [0, 1) (default: 0.7)')
 
-METHOD_OPTIONS = ('weights', 'password', 'target_id', 'strength', 'eps', 'beta', 'carry')   # passed to the method's constructor when the user gives them
+METHOD_OPTIONS = ('weights', 'password', 'target_id', 'strength', 'eps', 'beta', 'own_outline', 'carry')   # passed to the method's constructor when the user gives them
 
 def method_from_args(args, **extra):
     "Build the method named by `args.method` with the method options given; ValueError naming options it does not take."

@@ -109,3 +109,9 @@ def test_demo_writes_one_grid_in_outputs(tmp_path):
     assert '13 methods on 3 photos' in out or '13 methods on 2 photos' in out      # the group photo joins when the face-api photos are cached
     fct.test_eq(sorted(os.listdir(tmp_path / 'outputs')), ['demo.png'])
     print(out)
+
+@pytest.mark.parametrize('flag,expected', [([], True), (['--own-outline', 'no'], False), (['--own-outline', 'yes'], True)])
+def test_own_outline_flag_reaches_distraction(flag, expected):
+    from faceanon.cli import build_parser, method_from_args
+    args = build_parser().parse_args(['anonymize', 'x', '-o', 'o', '--method', 'distraction', *flag])
+    fct.test_eq(method_from_args(args).own_outline, expected)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import fastcore.test as fct
 from skimage.metrics import structural_similarity, peak_signal_noise_ratio
-from faceanon.measures import (frechet_distance, frechet_distance_features, gaussian_stats, kid, mmd2_unbiased, ssim, psnr,
+from faceanon.measures import (frechet_distance, frechet_distance_features, frechet_terms, gaussian_stats, kid, mmd2_unbiased, ssim, psnr,
                               l1_error, l2_error, reconstruction_metrics, lpips_distance, get_features, fd_name, InceptionFeatures,
                               reid_rate, verification_rate, identity_distance, diversity, flicker, identity_drift, landmark_nme,
                               measure_speed, realism)
@@ -58,6 +58,23 @@ def test_frechet_sample_estimate_converges():
     x, y = rng.normal(0, 1, size=(20000, 3)), rng.normal(1, 2, size=(20000, 3))
     assert rel(frechet_distance_features(x, y), 3 * 1 + 3 * 1) < 0.05
 
+
+@pytest.mark.parametrize('n1,n2,d', [(30, 40, 64), (500, 300, 6)])
+def test_frechet_terms_sum_to_fd_and_mean_term_meets_its_floor(n1, n2, d):
+    rng = np.random.default_rng(d)
+    x, y = rng.normal(size=(n1, d)), rng.normal(0.5, 2, size=(n2, d))
+    t = frechet_terms(x, y)
+    fct.test_close(t['fd'], frechet_distance_features(x, y), eps=1e-12)
+    fct.test_close(t['mean'] + t['trace_1'] + t['trace_2'] - t['cross'], t['fd'], eps=1e-9)
+    expected = d * 0.25 + d / n1 + 4 * d / n2                         # the true shift (0.5 per dimension) squared, plus the floor
+    fct.test_close(t['mean'], expected, eps=0.25 * expected)
+    fct.test_close(t['floor'], d / n1 + 4 * d / n2, eps=0.2 * (d / n1 + 4 * d / n2))
+    fct.test_close(t['trace_2'] / t['trace_1'], 4, eps=1)
+    # one distribution on both sides: the mean term averages to its floor tr1/n1 + tr2/n2, not to 0
+    same = [frechet_terms(rng.normal(size=(n1, d)), rng.normal(size=(n2, d))) for _ in range(100)]
+    ratio = np.mean([s['mean'] for s in same]) / np.mean([s['floor'] for s in same])
+    assert 0.85 < ratio < 1.15, ratio
+    fct.test_close(same[0]['floor'], d / n1 + d / n2, eps=0.3 * (d / n1 + d / n2))
 
 def test_kid_matches_loop_and_is_unbiased():
     rng = np.random.default_rng(5)

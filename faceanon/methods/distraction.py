@@ -375,7 +375,7 @@ def default_weights() -> Path:
 class DistractionMethod(AnonMethod):
     "Attention distraction (Kuang et al. 2024): a Grad-CAM-distracted FaceNet identity and a far delegate's geometry drive an AdaIN U-Net."
     def __init__(self, weights=None,                # a model file from `faceanon train distraction` (default: the committed SynthFaces model)
-                 strength: float | None = None,     # intrinsic distraction s in [0, 1] (default: the model's, 1.0); 0 = Z_id is the original f
+                 strength: float | None = None,     # intrinsic distraction s in [0, 1] (default: the model's, 0.9); 0 = Z_id is the original f
                  eps: float | None = None,          # delegate choice: 0 = any, larger = farther from the face's geometry (default: the model's)
                  beta: float | None = None,         # appearance taken from the delegate, in [0, 1] (default: the model's)
                  extrinsic: bool = True,            # False: Z_g is the face's own geometry and its own appearance (no delegate)
