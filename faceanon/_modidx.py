@@ -549,6 +549,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'faceanon.measures.embed_all': ('nbs/measures.html#embed_all', 'faceanon/measures.py'),
                                    'faceanon.measures.euclidean': ('nbs/measures.html#euclidean', 'faceanon/measures.py'),
                                    'faceanon.measures.extract_features': ('nbs/measures.html#extract_features', 'faceanon/measures.py'),
+                                   'faceanon.measures.fd_difference': ('nbs/measures.html#fd_difference', 'faceanon/measures.py'),
                                    'faceanon.measures.fd_name': ('nbs/measures.html#fd_name', 'faceanon/measures.py'),
                                    'faceanon.measures.flicker': ('nbs/measures.html#flicker', 'faceanon/measures.py'),
                                    'faceanon.measures.frechet_distance': ('nbs/measures.html#frechet_distance', 'faceanon/measures.py'),

@@ -14,9 +14,9 @@ from torch import nn
 from .core import Timer, to_image
 
 # %% auto #0
-__all__ = ['frechet_distance', 'gaussian_stats', 'frechet_distance_features', 'frechet_terms', 'mmd2_unbiased', 'kid',
-           'inception_weights_path', 'InceptionFeatures', 'ONetFeatures', 'fd_name', 'get_features', 'extract_features',
-           'realism', 'l1_error', 'l2_error', 'psnr', 'gaussian_window', 'ssim', 'lpips_distance',
+__all__ = ['frechet_distance', 'gaussian_stats', 'frechet_distance_features', 'frechet_terms', 'fd_difference', 'mmd2_unbiased',
+           'kid', 'inception_weights_path', 'InceptionFeatures', 'ONetFeatures', 'fd_name', 'get_features',
+           'extract_features', 'realism', 'l1_error', 'l2_error', 'psnr', 'gaussian_window', 'ssim', 'lpips_distance',
            'reconstruction_metrics', 'euclidean', 'distance_matrix', 'reid_rate', 'verification_rate',
            'identity_distance', 'batch_slices', 'embed_all', 'recognizer_distance', 'privacy_metrics', 'interocular',
            'landmark_nme', 'detect_landmarks5', 'utility_metrics', 'pose_error', 'diversity', 'identity_drift',
@@ -63,6 +63,20 @@ def frechet_terms(f1, f2) -> dict:
     mean = float(((x.mean(0) - y.mean(0)) ** 2).sum())
     t1, t2 = float(x.var(0, ddof=1).sum()), float(y.var(0, ddof=1).sum())
     return dict(mean=mean, trace_1=t1, trace_2=t2, cross=mean + t1 + t2 - fd, fd=fd, floor=t1 / len(x) + t2 / len(y))
+
+# %% ../nbs/17_measures.ipynb #b61be31b
+def fd_difference(real, f_a, f_b, n_boot: int = 1000, seed: int = 0) -> dict:
+    "Paired bootstrap of FD(real, f_a) - FD(real, f_b), f_a[i] and f_b[i] made from the same input: diff, median, 95 % interval (lo, hi), p_below_0."
+    x, a, b = _as_f64(real), _as_f64(f_a), _as_f64(f_b)
+    if a.shape != b.shape: raise ValueError(f"f_a and f_b must be paired (same shape), got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    d = []
+    for _ in range(n_boot):
+        i, j = rng.integers(len(x), size=len(x)), rng.integers(len(a), size=len(a))
+        d.append(frechet_distance_features(x[i], a[j]) - frechet_distance_features(x[i], b[j]))
+    lo, med, hi = np.percentile(d, [2.5, 50, 97.5])
+    return dict(diff=frechet_distance_features(x, a) - frechet_distance_features(x, b), median=float(med), lo=float(lo), hi=float(hi),
+                p_below_0=float(np.mean(np.asarray(d) < 0)))
 
 # %% ../nbs/17_measures.ipynb #a44adc9c
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import fastcore.test as fct
 from skimage.metrics import structural_similarity, peak_signal_noise_ratio
-from faceanon.measures import (frechet_distance, frechet_distance_features, frechet_terms, gaussian_stats, kid, mmd2_unbiased, ssim, psnr,
+from faceanon.measures import (frechet_distance, frechet_distance_features, frechet_terms, fd_difference, gaussian_stats, kid, mmd2_unbiased, ssim, psnr,
                               l1_error, l2_error, reconstruction_metrics, lpips_distance, get_features, fd_name, InceptionFeatures,
                               reid_rate, verification_rate, identity_distance, diversity, flicker, identity_drift, landmark_nme,
                               measure_speed, realism)
@@ -75,6 +75,16 @@ def test_frechet_terms_sum_to_fd_and_mean_term_meets_its_floor(n1, n2, d):
     ratio = np.mean([s['mean'] for s in same]) / np.mean([s['floor'] for s in same])
     assert 0.85 < ratio < 1.15, ratio
     fct.test_close(same[0]['floor'], d / n1 + d / n2, eps=0.3 * (d / n1 + d / n2))
+
+def test_fd_difference_is_paired_and_separates_only_real_shifts():
+    rng = np.random.default_rng(9)
+    ref, inp = rng.normal(size=(40, 6)), rng.normal(size=(40, 6))
+    shifted = fd_difference(ref, inp, inp + 1.0, n_boot=200)
+    assert shifted['hi'] < 0 and shifted['p_below_0'] == 1, shifted
+    fct.test_close(shifted['diff'], frechet_distance_features(ref, inp) - frechet_distance_features(ref, inp + 1.0), eps=1e-12)
+    itself = fd_difference(ref, inp, inp.copy(), n_boot=50)              # a method against itself: every draw's difference is 0
+    fct.test_eq((itself['lo'], itself['hi'], itself['p_below_0']), (0., 0., 0.))
+    with pytest.raises(ValueError, match='paired'): fd_difference(ref, inp, inp[:30])
 
 def test_kid_matches_loop_and_is_unbiased():
     rng = np.random.default_rng(5)
