@@ -269,7 +269,7 @@ def load_decoupled(path, device='cpu') -> tuple[CiaganGenerator, HarmonizationNe
     if sd.get('format') != _FORMAT: raise ValueError(f"{path}: not a decoupled-anonymization model file (format {sd.get('format')!r})")
     tup = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     A = CiaganGenerator(CiaganConfig(**tup(sd['a_config']))); A.load_state_dict(_full(sd['A']))
-    H = HarmonizationNet(DecoupledConfig(**tup(sd['config']))); H.load_state_dict(_full(sd['H']))
+    H = HarmonizationNet(DecoupledConfig(**{'h_scale': 1, **tup(sd['config'])})); H.load_state_dict(_full(sd['H']))   # files from before h_scale: full size
     return A.to(device).eval().requires_grad_(False), H.to(device).eval().requires_grad_(False), sd['info']
 
 def default_weights() -> Path:

@@ -32,6 +32,7 @@ class DecoupledConfig:
     h_widths: tuple = (32, 64, 128) # H's encoder down to 8x8 (paper: not given; Fig. 11 is an image)
     h_mid: int = 2                  # plain ResBlocks at H's bottleneck
     h_smooth: int = 3               # H's colour transform is averaged over (2 h_smooth + 1)^2 px: it recolours, it cannot blur or paint texture
+    h_scale: int = 2                # H reads its inputs downsampled by this factor; its colour field is upsampled (bilinear) and applied at full size
     temporal: bool = False          # H has the second encoder (previous output) of §6
     h_d_ch: int = 16                # H's and the temporal critic's width
     lr: float = 2e-4                # Adam, H and its critics (paper: 1e-5 for 60 epochs on a GPU)
@@ -152,15 +153,20 @@ class HarmonizationNet(nn.Module):
 
     def forward(self, x: torch.Tensor, m: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         "x (B, 3, S, S): the face to blend inside m (B, 1, S, S), the real image outside; prev: the previous output or None (empty) -> (B, 3, S, S)."
-        h, skips = torch.cat([x, m * 2 - 1], 1), []
+        k = self.cfg.h_scale
+        down = (lambda t: t) if k == 1 else (lambda t: F.avg_pool2d(t, k))
+        xs = down(x)
+        h, skips = torch.cat([xs, down(m) * 2 - 1], 1), []
         for b in self.enc: h = b(h); skips.append(h)
         if hasattr(self, 'enc_prev'):
-            q = torch.zeros_like(x) if prev is None else prev
+            q = torch.zeros_like(xs) if prev is None else down(prev)
             for b in self.enc_prev: q = b(q)
             h = self.fuse(torch.cat([h, q], 1))
         h = self.mid(h)
         for b, s in zip(self.ups, skips[::-1]): h = b(torch.cat([h, s], 1))
-        return colour_transform(x, self.out(h), self.cfg.h_smooth)
+        t = self.out(h)
+        if k > 1: t = F.interpolate(t, scale_factor=k, mode='bilinear', align_corners=False)   # the field is smooth: predicted coarse, applied at full size
+        return colour_transform(x, t, self.cfg.h_smooth)
 
 def blend(H: HarmonizationNet, x: torch.Tensor, m: torch.Tensor, prev=None) -> torch.Tensor:
     "H's output inside the face region grown by cfg.band (feathered), x outside: what is shown."
