@@ -183,3 +183,22 @@ def test_bench_rows():
     rows = D.bench_decoupled(sizes=(32,), batches=(1,), repeats=1, precisions=('fp32',))
     fct.test_eq([r['impl'] for r in rows], ['ciagan G', 'decoupled A+H', 'decoupled A+H temporal'])
     assert all(r['ms_per_image'] > 0 and r['size'] == 32 for r in rows)
+
+
+def test_h_scale_shipped_at_half_and_old_files_load_full_size(tmp_path):
+    from dataclasses import asdict
+    from faceanon.learner import save_checkpoint
+    fct.test_eq(get_method('decoupled').H.cfg.h_scale, 2)                   # the shipped H reads its input at half size
+    cfg = replace(TINY, h_scale=1)
+    A, H = CiaganGenerator(cfg.anon_config()), N.HarmonizationNet(cfg)
+    with torch.no_grad(): H.out.weight.normal_(0, 0.1); H.out.bias.normal_()   # not the identity, so the scale shows in the output
+    old_cfg = {k: v for k, v in asdict(cfg).items() if k != 'h_scale'}       # a file written before h_scale existed
+    save_checkpoint(dict(format=D._FORMAT, a_config=asdict(A.cfg), config=old_cfg, A=D._half(A.state_dict()), H=D._half(H.state_dict()), info={}),
+                    tmp_path / 'old.safetensors')
+    _, H1, _ = D.load_decoupled(tmp_path / 'old.safetensors')
+    fct.test_eq(H1.cfg.h_scale, 1)
+    x, m = torch.rand(2, 3, 32, 32) * 2 - 1, torch.ones(2, 1, 32, 32)
+    H2 = N.HarmonizationNet(replace(cfg, h_scale=2)); H2.load_state_dict(H1.state_dict())
+    with torch.no_grad():
+        fct.test_close(H1(x, m), H.half().float()(x, m), eps=1e-3)           # loaded as written (float16 weights)
+        assert (H2(x, m) - H1(x, m)).abs().max() > 1e-3                      # the same weights at half size give another output
