@@ -29,7 +29,7 @@ class DecoupledConfig:
     a_d_ch: int = 8                 # A's critic and siamese width (Table 3: 32)
     grow: int = 2                   # the face region A replaces: parsed face parts dilated by this many px
     band: int = 3                   # H repaints the region grown by this many more px: the seam lies inside it
-    h_widths: tuple = (32, 64, 128) # H's encoder down to 8x8 (paper: not given; Fig. 11 is an image)
+    h_widths: tuple = (32, 64, 128) # H's encoder levels, each halving: 64 px down to 8x8, or 4x4 at h_scale 2 (paper: not given; Fig. 11 is an image)
     h_mid: int = 2                  # plain ResBlocks at H's bottleneck
     h_smooth: int = 3               # H's colour transform is averaged over (2 h_smooth + 1)^2 px: it recolours, it cannot blur or paint texture
     h_scale: int = 2                # H reads its inputs downsampled by this factor; its colour field is upsampled (bilinear) and applied at full size
@@ -129,10 +129,12 @@ def colour_transform(x: torch.Tensor, t: torch.Tensor, smooth: int = 3) -> torch
     return (torch.einsum('bijhw,bjhw->bihw', M, x) + t[:, 9:]).clamp(-1, 1)
 
 class HarmonizationNet(nn.Module):
-    "H: an encoder down to 8x8 on (image with the face to blend, mask), ResBlocks, a decoder up with skips to a smooth per-pixel colour transform of the image; with `temporal`, a second encoder on the previous output."
+    "H: an encoder of halving levels on (image with the face to blend, mask), read at 1/h_scale size, ResBlocks, a decoder up with skips to a smooth per-pixel colour transform of the image; with `temporal`, a second encoder on the previous output."
     def __init__(self, cfg: DecoupledConfig):
         super().__init__()
         self.cfg, w = cfg, cfg.h_widths
+        if cfg.h_scale < 1 or cfg.size % (cfg.h_scale * 2 ** len(w)):
+            raise ValueError(f"H needs a size divisible by h_scale * 2^levels = {cfg.h_scale * 2 ** len(w)}, got size {cfg.size} (h_scale {cfg.h_scale})")
         self.enc = _enc(4, w)
         self.mid = nn.Sequential(*[ciagan_block('plain', w[-1]) for _ in range(cfg.h_mid)])
         outs = (*w[::-1][1:], w[0])                                      # 64, 32, 32 at (32, 64, 128)
